@@ -1,0 +1,170 @@
+//! The one place where values are encoded and decoded (bincode 2.0.1 through serde).
+//!
+//! Encodings are canonical: two equal states encode to the same bytes, whatever order their
+//! history put them in. That is what makes a record's checksum usable as the value hash of the
+//! Merkle trees, so equal replicas have equal trees. `crdts` keeps some state in `HashMap`s and
+//! in a `Vec` whose order depends on merge order; we encode those through mirror types with the
+//! same bincode layout but sorted containers, and decode stored bytes straight into the `crdts`
+//! types (bincode does not care whether a map was a `HashMap` or a `BTreeMap`). The mirror
+//! layouts are checked by the round-trip tests below and in `tests/crdt_laws.rs`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bincode::config::{Configuration, Limit as ByteLimit, LittleEndian, Varint};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::StorageError;
+use crate::value::{Actor, Bytes, Counter, Kind, MAX_VALUE_LEN, Map, Register, Set, Value};
+
+/// Decoding never allocates more than this, whatever the input claims.
+const DECODE_LIMIT: usize = MAX_VALUE_LEN + 4096;
+
+type DecodeConfig = Configuration<LittleEndian, Varint, ByteLimit<DECODE_LIMIT>>;
+
+/// Decoding is bounded; encoding is not (size limits are checked on the encoded bytes, where
+/// the error can name them). Both produce and read the same format.
+fn decode_config() -> DecodeConfig {
+    bincode::config::standard().with_limit::<DECODE_LIMIT>()
+}
+
+/// Encodes any serde value (used for small internal metadata and by tests).
+pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(value, bincode::config::standard())
+        .expect("encoding into a Vec cannot fail")
+}
+
+/// Decodes a serde value, requiring that every input byte is used.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
+    let (value, used) = bincode::serde::decode_from_slice(bytes, decode_config())
+        .map_err(|e| StorageError::Malformed(e.to_string()))?;
+    if used != bytes.len() {
+        return Err(StorageError::Malformed(format!(
+            "{} trailing bytes",
+            bytes.len() - used
+        )));
+    }
+    Ok(value)
+}
+
+/// Canonical encoding of a value's CRDT state (without the record envelope).
+pub fn encode_value(value: &Value) -> Vec<u8> {
+    match value {
+        Value::Counter(c) => encode(c),
+        Value::Set(s) => encode(&canonical::<SetM>(s)),
+        Value::Register(r) => encode(&canonical::<RegisterM>(r).sorted()),
+        Value::Map(m) => encode(&canonical::<MapM>(m).sorted()),
+    }
+}
+
+/// Decodes a value's CRDT state of a known kind.
+pub fn decode_value(kind: Kind, bytes: &[u8]) -> Result<Value, StorageError> {
+    Ok(match kind {
+        Kind::Counter => Value::Counter(decode::<Counter>(bytes)?),
+        Kind::Set => Value::Set(decode::<Set>(bytes)?),
+        Kind::Register => Value::Register(decode::<Register>(bytes)?),
+        Kind::Map => Value::Map(decode::<Map>(bytes)?),
+    })
+}
+
+/// Re-reads a `crdts` value as its mirror type: same bytes, sorted containers.
+fn canonical<M: DeserializeOwned>(value: &impl Serialize) -> M {
+    decode(&encode(value)).expect("mirror types share the layout of the crdts types")
+}
+
+#[derive(Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
+struct ClockM {
+    dots: BTreeMap<Actor, u64>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SetM {
+    clock: ClockM,
+    entries: BTreeMap<Bytes, ClockM>,
+    deferred: BTreeMap<ClockM, BTreeSet<Bytes>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MVRegM<V: Ord> {
+    vals: Vec<(ClockM, V)>,
+}
+
+impl<V: Ord> MVRegM<V> {
+    fn sorted(mut self) -> Self {
+        self.vals.sort();
+        self
+    }
+}
+
+type RegisterM = MVRegM<Option<Bytes>>;
+
+#[derive(Serialize, Deserialize)]
+struct FieldM {
+    counter: Counter,
+    set: SetM,
+    register: RegisterM,
+}
+
+#[derive(Serialize, Deserialize)]
+struct MapM {
+    fields: BTreeMap<Bytes, FieldM>,
+}
+
+impl MapM {
+    fn sorted(mut self) -> Self {
+        for field in self.fields.values_mut() {
+            field.register.vals.sort();
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::{MapOp, SetOp, Update};
+
+    fn actor(n: u64) -> Actor {
+        Actor { node: n, epoch: 7 }
+    }
+
+    #[test]
+    fn canonical_encoding_ignores_history_order() {
+        let a = actor(1);
+        let b = actor(2);
+        let updates = [
+            Update::Set(SetOp::Add(vec![b"x".to_vec(), b"y".to_vec()])),
+            Update::Map(MapOp::Register {
+                field: b"f".to_vec(),
+                value: b"v".to_vec(),
+                context: None,
+            }),
+        ];
+        for update in &updates {
+            let kind = update.kind().unwrap();
+            let mut left = Value::empty(kind);
+            left.apply(a, update).unwrap();
+            let mut right = Value::empty(kind);
+            right.apply(b, update).unwrap();
+            let mut ab = left.clone();
+            ab.merge(right.clone()).unwrap();
+            let mut ba = right.clone();
+            ba.merge(left.clone()).unwrap();
+            assert_eq!(encode_value(&ab), encode_value(&ba));
+            let back = decode_value(kind, &encode_value(&ab)).unwrap();
+            assert_eq!(back, ab);
+        }
+    }
+
+    #[test]
+    fn trailing_and_garbage_bytes_are_errors() {
+        let mut bytes = encode(&7u32);
+        bytes.push(0);
+        assert!(matches!(
+            decode::<u32>(&bytes),
+            Err(StorageError::Malformed(_))
+        ));
+        let huge_len = [0xfd, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert!(decode::<Vec<u8>>(&huge_len).is_err());
+    }
+}

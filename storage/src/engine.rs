@@ -1,0 +1,659 @@
+//! The storage engine: CRDT read-merge-write per key over a [`Store`], the actor and its epoch,
+//! Merkle trees per partition, and hints.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::{Mutex, RwLock};
+use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+
+use crate::error::{Limit, StorageError};
+use crate::merkle::{self, MerkleTree, NodeHash};
+use crate::record::{Record, ValueHash, header_hash};
+use crate::store::{BatchOp, Column, Store};
+use crate::value::{Actor, Update, Value, check_len};
+
+/// A partition number, as placement computes it.
+pub type Partition = u32;
+
+const META_NODE_ID: &[u8] = b"node_id";
+const META_EPOCH: &[u8] = b"epoch";
+const LOCK_STRIPES: usize = 4096;
+/// Bytes of the data-column key before the user key: partition (4) and Merkle leaf (2).
+const DATA_PREFIX_LEN: usize = 6;
+
+/// A key's state during a [`Engine::merge_many`] batch.
+struct Pending<'a> {
+    partition: Partition,
+    key: &'a [u8],
+    old_hash: Option<ValueHash>,
+    value: Value,
+    record: Record,
+}
+
+/// The result of a write to a key.
+#[derive(Clone, Debug)]
+pub struct Written {
+    /// The key's state after the write; `None` only for a delete of a key that never existed.
+    pub value: Option<Value>,
+    /// The stored record of that state (what replicas are sent).
+    pub record: Option<Record>,
+    /// Whether the stored state changed (false for a re-delivered or already-known state).
+    pub changed: bool,
+    /// Whether a corrupt local record was replaced by a merge.
+    pub repaired: bool,
+}
+
+/// A hint: the merged state of a key, held for a target node that was down.
+#[derive(Clone, Debug)]
+pub struct Hint {
+    /// The key's partition.
+    pub partition: Partition,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The merged state to deliver.
+    pub record: Record,
+    /// When the first hint for this key was stored (Unix milliseconds, for metrics only).
+    pub created_ms: u64,
+}
+
+/// The hints held for one target.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Backlog {
+    /// Keys with a hint.
+    pub keys: u64,
+    /// Unix milliseconds of the oldest hint.
+    pub oldest_ms: Option<u64>,
+}
+
+/// CRDT storage for one node.
+///
+/// Updates of one key are serialized by a striped lock (read, merge, write, update the Merkle
+/// tree); updates of different keys run in parallel and share WAL syncs. Every method that
+/// reports a write returns only once the write is durable in the [`Store`].
+pub struct Engine<S: Store> {
+    store: S,
+    node_id: String,
+    actor: Actor,
+    stripes: Box<[Mutex<()>]>,
+    trees: RwLock<HashMap<Partition, Arc<Mutex<MerkleTree>>>>,
+}
+
+impl<S: Store> Engine<S> {
+    /// Opens the engine for `node_id` on `store`.
+    ///
+    /// A store with no epoch (a data directory created from nothing) gets a new random epoch; a
+    /// store recorded for another node id is refused. The Merkle trees are rebuilt by one scan of
+    /// the data, verifying every record's checksum.
+    pub fn open(store: S, node_id: &str) -> Result<Engine<S>, StorageError> {
+        if node_id.is_empty() {
+            return Err(StorageError::Malformed("empty node id".into()));
+        }
+        check_len(Limit::NodeId, node_id.len())?;
+        if let Some(found) = store.get(Column::Meta, META_NODE_ID)? {
+            let found = String::from_utf8_lossy(&found).into_owned();
+            if found != node_id {
+                return Err(StorageError::WrongNode {
+                    found,
+                    expected: node_id.to_owned(),
+                });
+            }
+        }
+        let epoch = match store.get(Column::Meta, META_EPOCH)? {
+            Some(bytes) => u64::from_le_bytes(
+                bytes
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Backend("stored epoch is not 8 bytes".into()))?,
+            ),
+            None => {
+                let epoch: u64 = rand::random();
+                store.write(vec![
+                    BatchOp::Put(
+                        Column::Meta,
+                        META_NODE_ID.to_vec(),
+                        node_id.as_bytes().to_vec(),
+                    ),
+                    BatchOp::Put(
+                        Column::Meta,
+                        META_EPOCH.to_vec(),
+                        epoch.to_le_bytes().to_vec(),
+                    ),
+                ])?;
+                epoch
+            }
+        };
+        let engine = Engine {
+            store,
+            node_id: node_id.to_owned(),
+            actor: Actor {
+                node: Actor::node_hash(node_id),
+                epoch,
+            },
+            stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            trees: RwLock::new(HashMap::new()),
+        };
+        *engine.trees.write() = engine
+            .build_trees(None)?
+            .into_iter()
+            .map(|(p, t)| (p, Arc::new(Mutex::new(t))))
+            .collect();
+        Ok(engine)
+    }
+
+    /// This node's actor (node id hash and data-directory epoch).
+    pub fn actor(&self) -> Actor {
+        self.actor
+    }
+
+    /// The node id the data belongs to.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// The backend (tests use it to damage records).
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// Applies `update` to `key` as this node's actor, and persists the result.
+    ///
+    /// Errors change nothing: a key over [`MAX_KEY_LEN`](crate::MAX_KEY_LEN), an update over its
+    /// limits, an update of another type than the key's, a result over
+    /// [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN), or a corrupt stored record (repaired only by a
+    /// [`merge`](Self::merge) from a healthy replica).
+    #[tracing::instrument(level = "trace", skip(self, key, update), fields(key_len = key.len()))]
+    pub fn apply(
+        &self,
+        partition: Partition,
+        key: &[u8],
+        update: &Update,
+    ) -> Result<Written, StorageError> {
+        check_len(Limit::Key, key.len())?;
+        update.validate()?;
+        let dk = data_key(partition, key);
+        let _guard = self.stripe(&dk).lock();
+        let old = self.read_record(partition, key, &dk)?;
+        let mut value = match (&old, update.kind()) {
+            (Some(record), _) => record.decode()?,
+            (None, Some(kind)) => Value::empty(kind),
+            (None, None) => {
+                return Ok(Written {
+                    value: None,
+                    record: None,
+                    changed: false,
+                    repaired: false,
+                });
+            }
+        };
+        value.apply(self.actor, update)?;
+        let record = Record::encode(&value)?;
+        let old_hash = old.as_ref().map(Record::hash);
+        self.persist(partition, key, dk, old_hash, &record)?;
+        Ok(Written {
+            changed: old_hash != Some(record.hash()),
+            value: Some(value),
+            record: Some(record),
+            repaired: false,
+        })
+    }
+
+    /// Merges a replica's state of `key` into the local state and persists the result.
+    ///
+    /// A corrupt local record is replaced by the incoming state (`repaired`). Errors change
+    /// nothing: an incoming record that does not decode, another type than the key's, a result
+    /// over [`MAX_VALUE_LEN`](crate::MAX_VALUE_LEN).
+    pub fn merge(
+        &self,
+        partition: Partition,
+        key: &[u8],
+        incoming: &Record,
+    ) -> Result<Written, StorageError> {
+        self.merge_many(&[(partition, key.to_vec(), incoming.clone())])?
+            .pop()
+            .expect("one result per input")
+    }
+
+    /// Merges many keys' states with one durable write (anti-entropy, hint delivery, bulk load).
+    ///
+    /// Returns one result per input, in order; a key whose merge fails (as for
+    /// [`merge`](Self::merge)) changes nothing and does not stop the others. The outer error is a
+    /// backend failure, after which none of the batch may have been written.
+    pub fn merge_many(
+        &self,
+        items: &[(Partition, Vec<u8>, Record)],
+    ) -> Result<Vec<Result<Written, StorageError>>, StorageError> {
+        let keys: Vec<Vec<u8>> = items.iter().map(|(p, k, _)| data_key(*p, k)).collect();
+        let mut stripes: Vec<usize> = keys.iter().map(|dk| self.stripe_index(dk)).collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // Stripes are locked in index order, so concurrent batches cannot deadlock.
+        let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
+        let mut results = Vec::with_capacity(items.len());
+        let mut batch = Vec::new();
+        // Per data key: the state before the batch and the latest merged state. A key that
+        // appears twice merges into its earlier result; only its last state is written.
+        let mut pending: HashMap<&[u8], Pending<'_>> = HashMap::new();
+        for ((partition, key, incoming), dk) in items.iter().zip(&keys) {
+            let result = (|| -> Result<Written, StorageError> {
+                check_len(Limit::Key, key.len())?;
+                let incoming_value = incoming
+                    .decode()
+                    .map_err(|e| StorageError::Malformed(e.to_string()))?;
+                let (old_hash, local, repaired) = match pending.get(dk.as_slice()) {
+                    Some(p) => (p.old_hash, Some(p.value.clone()), false),
+                    None => {
+                        let raw = self.store.get(Column::Data, dk)?;
+                        let old_hash = raw.as_deref().map(stored_hash);
+                        match raw.map(|raw| Record::from_bytes(raw).map(|r| r.decode())) {
+                            None => (old_hash, None, false),
+                            Some(Ok(Ok(value))) => (old_hash, Some(value), false),
+                            Some(_) => (old_hash, None, true),
+                        }
+                    }
+                };
+                let value = match local {
+                    Some(mut value) => {
+                        value.merge(incoming_value)?;
+                        value
+                    }
+                    None => incoming_value,
+                };
+                let record = Record::encode(&value)?;
+                pending.insert(
+                    dk.as_slice(),
+                    Pending {
+                        partition: *partition,
+                        key,
+                        old_hash,
+                        value: value.clone(),
+                        record: record.clone(),
+                    },
+                );
+                Ok(Written {
+                    changed: old_hash != Some(record.hash()),
+                    value: Some(value),
+                    record: Some(record),
+                    repaired,
+                })
+            })();
+            results.push(result);
+        }
+        let changed: Vec<&Pending<'_>> = pending
+            .values()
+            .filter(|p| p.old_hash != Some(p.record.hash()))
+            .collect();
+        for p in &changed {
+            batch.push(BatchOp::Put(
+                Column::Data,
+                data_key(p.partition, p.key),
+                p.record.as_bytes().to_vec(),
+            ));
+        }
+        if !batch.is_empty() {
+            self.store.write(batch)?;
+        }
+        for p in changed {
+            self.tree(p.partition)
+                .lock()
+                .update(p.key, p.old_hash, Some(p.record.hash()));
+        }
+        Ok(results)
+    }
+
+    /// The stored record of `key`, checksum verified. A corrupt record is an error and is marked
+    /// in the Merkle tree so anti-entropy repairs it.
+    pub fn get_record(
+        &self,
+        partition: Partition,
+        key: &[u8],
+    ) -> Result<Option<Record>, StorageError> {
+        check_len(Limit::Key, key.len())?;
+        self.read_record(partition, key, &data_key(partition, key))
+    }
+
+    /// The stored state of `key` (including a deleted key's remaining causal history: see
+    /// [`Value::is_present`]).
+    pub fn get(&self, partition: Partition, key: &[u8]) -> Result<Option<Value>, StorageError> {
+        match self.get_record(partition, key)? {
+            Some(record) => Ok(Some(record.decode()?)),
+            None => Ok(None),
+        }
+    }
+
+    fn read_record(
+        &self,
+        partition: Partition,
+        key: &[u8],
+        dk: &[u8],
+    ) -> Result<Option<Record>, StorageError> {
+        let Some(raw) = self.store.get(Column::Data, dk)? else {
+            return Ok(None);
+        };
+        let tree_hash = header_hash(&raw).ok();
+        match Record::from_bytes(raw.clone()) {
+            Ok(record) => Ok(Some(record)),
+            Err(corruption) => {
+                tracing::warn!(partition, %corruption, "corrupt record");
+                // The tree may still hold the header's checksum (the record rotted after open).
+                if let Some(header) = tree_hash {
+                    self.tree(partition)
+                        .lock()
+                        .update(key, Some(header), Some(stored_hash(&raw)));
+                }
+                Err(corruption.into())
+            }
+        }
+    }
+
+    fn persist(
+        &self,
+        partition: Partition,
+        key: &[u8],
+        dk: Vec<u8>,
+        old_hash: Option<ValueHash>,
+        record: &Record,
+    ) -> Result<(), StorageError> {
+        let new_hash = record.hash();
+        if old_hash == Some(new_hash) {
+            return Ok(());
+        }
+        self.store.write(vec![BatchOp::Put(
+            Column::Data,
+            dk,
+            record.as_bytes().to_vec(),
+        )])?;
+        self.tree(partition)
+            .lock()
+            .update(key, old_hash, Some(new_hash));
+        Ok(())
+    }
+
+    fn stripe(&self, key: &[u8]) -> &Mutex<()> {
+        &self.stripes[self.stripe_index(key)]
+    }
+
+    fn stripe_index(&self, key: &[u8]) -> usize {
+        (xxh3_64(key) % LOCK_STRIPES as u64) as usize
+    }
+
+    fn tree(&self, partition: Partition) -> Arc<Mutex<MerkleTree>> {
+        if let Some(tree) = self.trees.read().get(&partition) {
+            return tree.clone();
+        }
+        self.trees.write().entry(partition).or_default().clone()
+    }
+
+    /// Partitions that hold at least one record (or had one since open).
+    pub fn partitions(&self) -> Vec<Partition> {
+        let mut partitions: Vec<_> = self.trees.read().keys().copied().collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    /// The Merkle root of a partition.
+    pub fn merkle_root(&self, partition: Partition) -> NodeHash {
+        self.tree(partition).lock().root()
+    }
+
+    /// The node hashes of one level of a partition's tree (0 = root, [`merkle::DEPTH`] = leaves).
+    pub fn merkle_level(&self, partition: Partition, level: usize) -> Vec<NodeHash> {
+        self.tree(partition).lock().level(level).to_vec()
+    }
+
+    /// A copy of a partition's incrementally maintained tree.
+    pub fn merkle_tree(&self, partition: Partition) -> MerkleTree {
+        self.tree(partition).lock().clone()
+    }
+
+    /// Builds a partition's tree from scratch by scanning its records (for verification; the
+    /// engine itself only does this at open).
+    pub fn rebuild_merkle_tree(&self, partition: Partition) -> Result<MerkleTree, StorageError> {
+        Ok(self
+            .build_trees(Some(partition))?
+            .remove(&partition)
+            .unwrap_or_default())
+    }
+
+    fn build_trees(
+        &self,
+        only: Option<Partition>,
+    ) -> Result<HashMap<Partition, MerkleTree>, StorageError> {
+        let mut leaves: HashMap<Partition, Vec<NodeHash>> = HashMap::new();
+        let prefix = only.map(|p| p.to_be_bytes().to_vec()).unwrap_or_default();
+        let mut bad_key = None;
+        self.store
+            .scan_prefix(Column::Data, &prefix, &mut |dk: &[u8], raw: &[u8]| {
+                let Some((partition, leaf, key)) = split_data_key(dk) else {
+                    bad_key = Some(dk.to_vec());
+                    return false;
+                };
+                let tree = leaves
+                    .entry(partition)
+                    .or_insert_with(|| vec![0; merkle::LEAVES]);
+                tree[leaf as usize] ^= merkle::entry_hash(key, stored_hash(raw));
+                true
+            })?;
+        if let Some(dk) = bad_key {
+            return Err(StorageError::Backend(format!("malformed data key {dk:?}")));
+        }
+        Ok(leaves
+            .into_iter()
+            .map(|(p, leaves)| (p, MerkleTree::from_leaves(leaves)))
+            .collect())
+    }
+
+    /// The keys under one leaf of a partition's tree, with their value hashes, in key order of
+    /// the store.
+    pub fn leaf_keys(
+        &self,
+        partition: Partition,
+        leaf: u16,
+    ) -> Result<Vec<(Vec<u8>, ValueHash)>, StorageError> {
+        let mut prefix = partition.to_be_bytes().to_vec();
+        prefix.extend_from_slice(&leaf.to_be_bytes());
+        let mut keys = Vec::new();
+        self.store
+            .scan_prefix(Column::Data, &prefix, &mut |dk: &[u8], raw: &[u8]| {
+                keys.push((dk[DATA_PREFIX_LEN..].to_vec(), stored_hash(raw)));
+                true
+            })?;
+        Ok(keys)
+    }
+
+    /// Visits every key of a partition with its raw record bytes until `visit` returns false.
+    pub fn scan_partition(
+        &self,
+        partition: Partition,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        self.store.scan_prefix(
+            Column::Data,
+            &partition.to_be_bytes(),
+            &mut |dk: &[u8], raw: &[u8]| visit(&dk[DATA_PREFIX_LEN..], raw),
+        )
+    }
+
+    /// Stores `record` as a hint for `target`, merged with any hint already held for that key, so
+    /// the backlog grows with keys, not with writes.
+    pub fn put_hint(
+        &self,
+        target: &str,
+        partition: Partition,
+        key: &[u8],
+        record: &Record,
+    ) -> Result<(), StorageError> {
+        check_len(Limit::Key, key.len())?;
+        let incoming = record
+            .decode()
+            .map_err(|e| StorageError::Malformed(e.to_string()))?;
+        let hk = hint_key(target, partition, key)?;
+        let _guard = self.stripe(&hk).lock();
+        let (created_ms, value) = match self
+            .store
+            .get(Column::Hints, &hk)?
+            .map(|raw| split_hint(&raw))
+        {
+            Some(Ok((created_ms, held))) => {
+                let mut value = held.decode()?;
+                value.merge(incoming)?;
+                (created_ms, value)
+            }
+            // A corrupt hint is replaced: the incoming state is at least as new as what it held
+            // for this write path, and anti-entropy covers the rest.
+            Some(Err(_)) | None => (now_ms(), incoming),
+        };
+        let merged = Record::encode(&value)?;
+        let mut stored = created_ms.to_le_bytes().to_vec();
+        stored.extend_from_slice(merged.as_bytes());
+        self.store
+            .write(vec![BatchOp::Put(Column::Hints, hk, stored)])
+    }
+
+    /// Up to `limit` hints for `target`, in store order, starting after the hint for
+    /// `(partition, key)` in `after` (to skip hints whose delivery failed).
+    pub fn hints(
+        &self,
+        target: &str,
+        after: Option<(Partition, &[u8])>,
+        limit: usize,
+    ) -> Result<Vec<Hint>, StorageError> {
+        let prefix = hint_key(target, 0, &[])?[..1 + target.len()].to_vec();
+        let skip_until = after.map(|(p, k)| hint_key(target, p, k)).transpose()?;
+        let mut hints = Vec::new();
+        let mut corrupt = Vec::new();
+        if limit == 0 {
+            return Ok(hints);
+        }
+        self.store
+            .scan_prefix(Column::Hints, &prefix, &mut |hk: &[u8], raw: &[u8]| {
+                if skip_until.as_deref().is_some_and(|s| hk <= s) {
+                    return true;
+                }
+                let rest = &hk[prefix.len()..];
+                let partition =
+                    Partition::from_be_bytes(rest[..4].try_into().expect("hint key layout"));
+                match split_hint(raw) {
+                    Ok((created_ms, record)) => hints.push(Hint {
+                        partition,
+                        key: rest[4..].to_vec(),
+                        record,
+                        created_ms,
+                    }),
+                    Err(_) => corrupt.push(hk.to_vec()),
+                }
+                hints.len() < limit
+            })?;
+        if !corrupt.is_empty() {
+            tracing::warn!(target, count = corrupt.len(), "dropping corrupt hints");
+            self.store.write(
+                corrupt
+                    .into_iter()
+                    .map(|k| BatchOp::Delete(Column::Hints, k))
+                    .collect(),
+            )?;
+        }
+        Ok(hints)
+    }
+
+    /// Deletes the hint for `(target, partition, key)` if it still holds exactly the state that
+    /// was delivered (`delivered` = that record's hash). Returns whether it was deleted; a hint
+    /// that was merged with newer state meanwhile is kept for the next delivery.
+    pub fn remove_hint(
+        &self,
+        target: &str,
+        partition: Partition,
+        key: &[u8],
+        delivered: ValueHash,
+    ) -> Result<bool, StorageError> {
+        let hk = hint_key(target, partition, key)?;
+        let _guard = self.stripe(&hk).lock();
+        let Some(raw) = self.store.get(Column::Hints, &hk)? else {
+            return Ok(false);
+        };
+        match split_hint(&raw) {
+            Ok((_, record)) if record.hash() != delivered => Ok(false),
+            _ => {
+                self.store.write(vec![BatchOp::Delete(Column::Hints, hk)])?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// The hint backlog per target node.
+    pub fn hint_backlog(&self) -> Result<BTreeMap<String, Backlog>, StorageError> {
+        let mut backlog: BTreeMap<String, Backlog> = BTreeMap::new();
+        self.store
+            .scan_prefix(Column::Hints, &[], &mut |hk: &[u8], raw: &[u8]| {
+                let len = hk[0] as usize;
+                let target = String::from_utf8_lossy(&hk[1..1 + len]).into_owned();
+                let entry = backlog.entry(target).or_default();
+                entry.keys += 1;
+                if raw.len() >= 8 {
+                    let created = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+                    entry.oldest_ms = Some(entry.oldest_ms.map_or(created, |o| o.min(created)));
+                }
+                true
+            })?;
+        Ok(backlog)
+    }
+
+    /// Flushes the store (at shutdown).
+    pub fn flush(&self) -> Result<(), StorageError> {
+        self.store.flush()
+    }
+}
+
+/// The value hash of raw stored bytes: the checksum of a sound record, and for a corrupt one a
+/// hash of its bytes, which no sound replica has, so anti-entropy sees the key as different.
+fn stored_hash(raw: &[u8]) -> ValueHash {
+    match Record::from_bytes(raw.to_vec()) {
+        Ok(record) => record.hash(),
+        Err(_) => xxh3_128(raw) ^ 0xc0,
+    }
+}
+
+fn data_key(partition: Partition, key: &[u8]) -> Vec<u8> {
+    let mut dk = Vec::with_capacity(DATA_PREFIX_LEN + key.len());
+    dk.extend_from_slice(&partition.to_be_bytes());
+    dk.extend_from_slice(&merkle::leaf_of(key).to_be_bytes());
+    dk.extend_from_slice(key);
+    dk
+}
+
+fn split_data_key(dk: &[u8]) -> Option<(Partition, u16, &[u8])> {
+    if dk.len() < DATA_PREFIX_LEN {
+        return None;
+    }
+    let partition = Partition::from_be_bytes(dk[..4].try_into().ok()?);
+    let leaf = u16::from_be_bytes(dk[4..6].try_into().ok()?);
+    Some((partition, leaf, &dk[DATA_PREFIX_LEN..]))
+}
+
+fn hint_key(target: &str, partition: Partition, key: &[u8]) -> Result<Vec<u8>, StorageError> {
+    if target.is_empty() {
+        return Err(StorageError::Malformed("empty hint target".into()));
+    }
+    check_len(Limit::NodeId, target.len())?;
+    let mut hk = Vec::with_capacity(1 + target.len() + 4 + key.len());
+    hk.push(target.len() as u8);
+    hk.extend_from_slice(target.as_bytes());
+    hk.extend_from_slice(&partition.to_be_bytes());
+    hk.extend_from_slice(key);
+    Ok(hk)
+}
+
+fn split_hint(raw: &[u8]) -> Result<(u64, Record), StorageError> {
+    if raw.len() < 8 {
+        return Err(crate::error::Corruption::Truncated(raw.len()).into());
+    }
+    let created = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
+    Ok((created, Record::from_bytes(raw[8..].to_vec())?))
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

@@ -1,0 +1,125 @@
+//! The seam between the engine and a durable key-value backend, with its two implementations:
+//! [`RocksStore`](crate::RocksStore) and [`MemoryStore`].
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use parking_lot::RwLock;
+
+use crate::error::StorageError;
+
+/// A column family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Column {
+    /// Records of the keys this node replicates.
+    Data,
+    /// Hints held for other nodes.
+    Hints,
+    /// Node metadata: node id, actor epoch.
+    Meta,
+}
+
+impl Column {
+    /// All columns.
+    pub const ALL: [Column; 3] = [Column::Data, Column::Hints, Column::Meta];
+
+    /// The column family's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Data => "data",
+            Column::Hints => "hints",
+            Column::Meta => "meta",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One write of an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BatchOp {
+    /// Set a key.
+    Put(Column, Vec<u8>, Vec<u8>),
+    /// Remove a key.
+    Delete(Column, Vec<u8>),
+}
+
+/// A key-value backend with column families.
+///
+/// `write` is atomic, and in a durable implementation returns only once the batch is on stable
+/// storage (WAL synced), so a process or machine crash after it returns loses nothing.
+pub trait Store: Send + Sync + 'static {
+    /// The value of a key.
+    fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError>;
+
+    /// Applies a batch atomically and durably.
+    fn write(&self, batch: Vec<BatchOp>) -> Result<(), StorageError>;
+
+    /// Visits the keys starting with `prefix` in order until `visit` returns false.
+    fn scan_prefix(
+        &self,
+        column: Column,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError>;
+
+    /// Flushes buffered state (used at shutdown so the next open is quick).
+    fn flush(&self) -> Result<(), StorageError>;
+}
+
+/// A store in process memory, for simulations and tests. Nothing survives the process.
+#[derive(Default)]
+pub struct MemoryStore {
+    columns: RwLock<[BTreeMap<Vec<u8>, Vec<u8>>; 3]>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> MemoryStore {
+        MemoryStore::default()
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
+        Ok(self.columns.read()[column.index()].get(key).cloned())
+    }
+
+    fn write(&self, batch: Vec<BatchOp>) -> Result<(), StorageError> {
+        let mut columns = self.columns.write();
+        for op in batch {
+            match op {
+                BatchOp::Put(column, key, value) => {
+                    columns[column.index()].insert(key, value);
+                }
+                BatchOp::Delete(column, key) => {
+                    columns[column.index()].remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn scan_prefix(
+        &self,
+        column: Column,
+        prefix: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        let columns = self.columns.read();
+        let range =
+            columns[column.index()].range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded));
+        for (key, value) in range {
+            if !key.starts_with(prefix) || !visit(key, value) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
+}
