@@ -1,0 +1,204 @@
+//! Node-to-node messages of the request path, carried as RPC bodies through [`crate::codec`].
+//!
+//! Every request carries a [`RequestId`] for tracing: the coordinator's id of the client
+//! request it serves, so one update can be followed across the nodes it touches. Records
+//! travel as their stored bytes ([`Record::as_bytes`]); the receiver checks their checksum
+//! ([`Record::from_bytes`]) before using them, so a damaged record is refused, never merged.
+//!
+//! A request that is not served is answered with [`IncomingRpc::reject`](crate::IncomingRpc)
+//! and a reason; the caller then knows the receiver changed nothing
+//! ([`TransportError::Rejected`](crate::TransportError)).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use shoal_storage::{Record, Update};
+
+use crate::codec::{self, CodecError};
+
+/// Identifies one client request across nodes (logs and spans only; never used for
+/// deduplication).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RequestId(pub u64);
+
+impl fmt::Display for RequestId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}", self.0)
+    }
+}
+
+/// A request from one node to another.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRequest {
+    /// Store `record` for `(partition, key)`: merge it into the local state. With `hint_for`,
+    /// the receiver is a fallback standing in for that primary: it also keeps the state as a
+    /// hint for it (delivered by hinted handoff). Answered with [`PeerResponse::Stored`] once
+    /// everything is durable.
+    Replicate {
+        /// Tracing id.
+        id: RequestId,
+        /// The key's partition.
+        partition: u32,
+        /// The storage key (keyspace-prefixed).
+        key: Vec<u8>,
+        /// Record bytes.
+        record: Vec<u8>,
+        /// The primary a fallback replaces, by node id.
+        hint_for: Option<String>,
+    },
+    /// Read the stored record of `(partition, key)`. Answered with [`PeerResponse::Record`].
+    Read {
+        /// Tracing id.
+        id: RequestId,
+        /// The key's partition.
+        partition: u32,
+        /// The storage key.
+        key: Vec<u8>,
+    },
+    /// A hint delivered to the primary it was held for: merge, then answer
+    /// [`PeerResponse::Stored`]; the sender deletes its hint only after that answer.
+    DeliverHint {
+        /// Tracing id.
+        id: RequestId,
+        /// The key's partition.
+        partition: u32,
+        /// The storage key.
+        key: Vec<u8>,
+        /// Record bytes of the hint.
+        record: Vec<u8>,
+    },
+    /// Coordinate an update for a node that does not replicate the key. Answered with
+    /// [`PeerResponse::Updated`].
+    ForwardUpdate {
+        /// Tracing id.
+        id: RequestId,
+        /// The keyspace.
+        keyspace: String,
+        /// The key inside the keyspace.
+        key: Vec<u8>,
+        /// The operation.
+        update: Update,
+        /// Write quorum.
+        w: usize,
+        /// Time the coordinator may take, in milliseconds.
+        timeout_ms: u64,
+    },
+    /// Coordinate a get for a node that does not replicate the key. Answered with
+    /// [`PeerResponse::Got`].
+    ForwardGet {
+        /// Tracing id.
+        id: RequestId,
+        /// The keyspace.
+        keyspace: String,
+        /// The key inside the keyspace.
+        key: Vec<u8>,
+        /// Read quorum.
+        r: usize,
+        /// Time the coordinator may take, in milliseconds.
+        timeout_ms: u64,
+    },
+}
+
+impl PeerRequest {
+    /// The request's tracing id.
+    pub fn id(&self) -> RequestId {
+        match self {
+            PeerRequest::Replicate { id, .. }
+            | PeerRequest::Read { id, .. }
+            | PeerRequest::DeliverHint { id, .. }
+            | PeerRequest::ForwardUpdate { id, .. }
+            | PeerRequest::ForwardGet { id, .. } => *id,
+        }
+    }
+}
+
+/// Whether a failed request may have taken effect, as the wire carries it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireOutcome {
+    /// Nothing changed anywhere.
+    Failed,
+    /// It may have changed some replicas.
+    Unknown,
+}
+
+/// A forwarded request that did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireFailure {
+    /// Whether it may have taken effect.
+    pub outcome: WireOutcome,
+    /// What went wrong, for humans.
+    pub message: String,
+}
+
+/// The answer to a [`PeerRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerResponse {
+    /// The state is durable on the receiver (answer to `Replicate` and `DeliverHint`).
+    Stored,
+    /// The receiver's record, if it has one (answer to `Read`).
+    Record(Option<Vec<u8>>),
+    /// The outcome of a forwarded update: acks and the coordinator's resulting record.
+    Updated(Result<(usize, Option<Vec<u8>>), WireFailure>),
+    /// The outcome of a forwarded get: replies and the merged record.
+    Got(Result<(usize, Option<Vec<u8>>), WireFailure>),
+}
+
+/// Encodes a request body.
+pub fn encode_request(request: &PeerRequest) -> Result<Vec<u8>, CodecError> {
+    codec::encode(request)
+}
+
+/// Decodes a request body; bad bytes are an error that changes nothing.
+pub fn decode_request(bytes: &[u8]) -> Result<PeerRequest, CodecError> {
+    codec::decode(bytes)
+}
+
+/// Encodes a response body.
+pub fn encode_response(response: &PeerResponse) -> Result<Vec<u8>, CodecError> {
+    codec::encode(response)
+}
+
+/// Decodes a response body.
+pub fn decode_response(bytes: &[u8]) -> Result<PeerResponse, CodecError> {
+    codec::decode(bytes)
+}
+
+/// Checks record bytes from a peer (header and checksum).
+pub fn record_from_wire(bytes: Vec<u8>) -> Result<Record, CodecError> {
+    Record::from_bytes(bytes).map_err(|e| CodecError::Decode(format!("record: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use shoal_storage::{Kind, Value};
+
+    #[test]
+    fn messages_round_trip_and_damaged_records_are_refused() {
+        let record = Record::encode(&Value::empty(Kind::Counter)).unwrap();
+        let request = PeerRequest::Replicate {
+            id: RequestId(7),
+            partition: 3,
+            key: b"k".to_vec(),
+            record: record.as_bytes().to_vec(),
+            hint_for: Some("n2".into()),
+        };
+        let bytes = encode_request(&request).unwrap();
+        assert_eq!(decode_request(&bytes).unwrap(), request);
+        let response = PeerResponse::Updated(Err(WireFailure {
+            outcome: WireOutcome::Unknown,
+            message: "timeout".into(),
+        }));
+        let bytes = encode_response(&response).unwrap();
+        assert_eq!(decode_response(&bytes).unwrap(), response);
+        assert!(decode_request(&[0xff, 0xff]).is_err());
+
+        let mut damaged = record.as_bytes().to_vec();
+        *damaged.last_mut().unwrap() ^= 1;
+        assert!(record_from_wire(damaged).is_err());
+        assert_eq!(
+            record_from_wire(record.as_bytes().to_vec()).unwrap(),
+            record
+        );
+    }
+}

@@ -1,0 +1,521 @@
+//! Driving the coordinators: one task per client request owns its state machine, performs
+//! its effects (local store, peer RPCs, hints, read repair) and feeds the answers back.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_membership::NodeId as MemberId;
+use shoal_storage::{Engine, MAX_KEY_LEN, Record, Store, Update};
+use tokio::sync::{mpsc, oneshot};
+
+use super::shared::{CallError, Class, InFlight, Shared};
+use super::storage_key;
+use crate::request::Selection;
+use crate::request::message::{PeerRequest, PeerResponse, WireOutcome, record_from_wire};
+use crate::request::{
+    Acknowledged, GetCoordinator, GetEffect, GetOutcome, Outcome, RequestError, RequestId, Target,
+    UpdateCoordinator, UpdateEffect, select_targets,
+};
+use crate::transport::Transport;
+
+/// Where a key lives: its storage key, partition and the targets in this node's view.
+struct Placement {
+    key: Vec<u8>,
+    partition: u32,
+    selection: Selection,
+}
+
+fn place<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    keyspace: &str,
+    key: &[u8],
+    quorum: usize,
+    what: &str,
+) -> Result<Placement, RequestError> {
+    let n = shared.config.n_for(keyspace);
+    if quorum == 0 || quorum > n {
+        return Err(RequestError::Invalid(format!(
+            "{what} = {quorum}, must be 1 to N = {n}"
+        )));
+    }
+    let key = storage_key(keyspace, key)?;
+    if key.len() > MAX_KEY_LEN {
+        return Err(RequestError::Invalid(format!(
+            "keyspace and key are {} bytes, over the limit of {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    let partition = shared.ring.partition_of(&key);
+    let selection = select_targets(
+        shared.ring.preference_list(partition),
+        shared.ring.primaries(partition).len(),
+        n,
+        |m| shared.is_live(m),
+    );
+    Ok(Placement {
+        key,
+        partition: partition.0,
+        selection,
+    })
+}
+
+/// Merges a replica's record into the local store; as a fallback (`hint_for`), also keeps it
+/// as a hint for that primary. Durable when it returns.
+///
+/// A fallback keeps the state in its data column too, so gets that reach it see it (it is
+/// then a replica in its own right until the primary has it). Dropping the data of
+/// partitions a node does not replicate is left to anti-entropy, a later step.
+pub(crate) fn store_replica<S: Store>(
+    engine: &Engine<S>,
+    partition: u32,
+    key: &[u8],
+    record: &Record,
+    hint_for: Option<&str>,
+) -> Result<(), String> {
+    engine
+        .merge(partition, key, record)
+        .map_err(|e| e.to_string())?;
+    if let Some(owner) = hint_for {
+        engine
+            .put_hint(owner, partition, key, record)
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// A forwarded request reached a node that, in its own view of liveness, is not a target of
+/// the key (views differ for a moment after failures). Nothing was done; the forwarder tries
+/// the next target.
+fn not_a_target(local: &MemberId) -> RequestError {
+    RequestError::Forwarded {
+        outcome: Outcome::Failed,
+        message: format!("{local} is not a target of this key in its view"),
+    }
+}
+
+fn outcome_of(wire: WireOutcome) -> Outcome {
+    match wire {
+        WireOutcome::Failed => Outcome::Failed,
+        WireOutcome::Unknown => Outcome::Unknown,
+    }
+}
+
+fn remaining<T: Transport, S: Store>(shared: &Shared<T, S>, deadline: Duration) -> Duration {
+    deadline.saturating_sub(shared.now())
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn update<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    id: RequestId,
+    keyspace: &str,
+    key: &[u8],
+    update: Update,
+    w: usize,
+    timeout: Duration,
+    forwarded: bool,
+) -> Result<Acknowledged, RequestError> {
+    update
+        .validate()
+        .map_err(|e| RequestError::Invalid(e.to_string()))?;
+    let placement = place(shared, keyspace, key, w, "w")?;
+    let deadline = shared.now() + timeout;
+    if !placement
+        .selection
+        .targets
+        .iter()
+        .any(|t| t.node == shared.local)
+    {
+        if placement.selection.targets.is_empty() {
+            return Err(RequestError::Unavailable {
+                live: 0,
+                required: w,
+            });
+        }
+        if forwarded {
+            return Err(not_a_target(&shared.local));
+        }
+        return forward(
+            shared,
+            &placement.selection.targets,
+            deadline,
+            |timeout_ms| PeerRequest::ForwardUpdate {
+                id,
+                keyspace: keyspace.to_owned(),
+                key: key.to_vec(),
+                update: update.clone(),
+                w,
+                timeout_ms,
+            },
+        )
+        .await
+        .map(|(acks, record)| Acknowledged { acks, record });
+    }
+    let coordinator =
+        UpdateCoordinator::new(shared.local.clone(), placement.selection, w, deadline)?;
+    let (reply, answer) = oneshot::channel();
+    let guard = shared.coordinating();
+    shared.spawn(drive_update(
+        guard,
+        shared.clone(),
+        (id, placement.partition, placement.key),
+        update,
+        coordinator,
+        reply,
+    ));
+    answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+}
+
+/// A request's id and the partition and storage key it is about.
+type KeyRef = (RequestId, u32, Vec<u8>);
+
+async fn drive_update<T: Transport, S: Store>(
+    _guard: InFlight,
+    shared: Arc<Shared<T, S>>,
+    (id, partition, key): KeyRef,
+    update: Update,
+    mut c: UpdateCoordinator,
+    reply: oneshot::Sender<Result<Acknowledged, RequestError>>,
+) {
+    let hint_for = c.local_target().hint_for.clone();
+    let local = match shared.engine.apply(partition, &key, &update) {
+        Ok(written) => match written.record {
+            Some(record) => {
+                if hint_for.is_some() {
+                    shared.metrics.hint_stored();
+                }
+                if let Some(owner) = &hint_for
+                    && let Err(e) = shared
+                        .engine
+                        .put_hint(owner.as_str(), partition, &key, &record)
+                {
+                    tracing::warn!(%id, %owner, error = %e, "coordinator's hint not stored");
+                }
+                Ok(record)
+            }
+            None => {
+                let _ = reply.send(Ok(Acknowledged {
+                    acks: 0,
+                    record: None,
+                }));
+                return;
+            }
+        },
+        Err(e) => Err(e.to_string()),
+    };
+    c.handle_local(local);
+    let deadline = c.deadline();
+    let (results_tx, mut results) = mpsc::unbounded_channel::<(MemberId, Result<(), CallError>)>();
+    let mut reply = Some(reply);
+    loop {
+        while let Some(effect) = c.poll_effect() {
+            match effect {
+                UpdateEffect::Replicate { target, record } => {
+                    let request = PeerRequest::Replicate {
+                        id,
+                        partition,
+                        key: key.clone(),
+                        record: record.as_bytes().to_vec(),
+                        hint_for: target.hint_for.as_ref().map(|h| h.as_str().to_owned()),
+                    };
+                    let (shared2, tx) = (shared.clone(), results_tx.clone());
+                    let timeout = remaining(&shared, deadline);
+                    shared.spawn(async move {
+                        let result = shared2
+                            .call(&target.node, &request, timeout, Class::Foreground)
+                            .await
+                            .and_then(expect_stored);
+                        let _ = tx.send((target.node, result));
+                    });
+                }
+                UpdateEffect::StoreHint { owner, record } => {
+                    shared.metrics.hint_stored();
+                    if owner != shared.local
+                        && let Err(e) =
+                            shared
+                                .engine
+                                .put_hint(owner.as_str(), partition, &key, &record)
+                    {
+                        tracing::warn!(%id, %owner, error = %e, "hint not stored");
+                    }
+                }
+                UpdateEffect::Done(result) => {
+                    shared.metrics.update_done(&result);
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        if c.is_finished() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            Some((node, result)) = results.recv() => match result {
+                Ok(()) => c.handle_ack(&node),
+                Err(e) => c.handle_failure(&node, e.message),
+            },
+            () = tokio::time::sleep_until(shared.instant(deadline)) => c.handle_timeout(shared.now()),
+        }
+    }
+}
+
+fn expect_stored(response: PeerResponse) -> Result<(), CallError> {
+    match response {
+        PeerResponse::Stored => Ok(()),
+        other => Err(CallError {
+            message: format!("unexpected response {other:?}"),
+            may_have_taken_effect: true,
+        }),
+    }
+}
+
+pub(crate) async fn get<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    id: RequestId,
+    keyspace: &str,
+    key: &[u8],
+    r: usize,
+    timeout: Duration,
+    forwarded: bool,
+) -> Result<GetOutcome, RequestError> {
+    let placement = place(shared, keyspace, key, r, "r")?;
+    let deadline = shared.now() + timeout;
+    if !placement
+        .selection
+        .targets
+        .iter()
+        .any(|t| t.node == shared.local)
+    {
+        if placement.selection.targets.is_empty() {
+            return Err(RequestError::Unavailable {
+                live: 0,
+                required: r,
+            });
+        }
+        if forwarded {
+            return Err(not_a_target(&shared.local));
+        }
+        let (replies, record) = forward(
+            shared,
+            &placement.selection.targets,
+            deadline,
+            |timeout_ms| PeerRequest::ForwardGet {
+                id,
+                keyspace: keyspace.to_owned(),
+                key: key.to_vec(),
+                r,
+                timeout_ms,
+            },
+        )
+        .await?;
+        let value = record
+            .as_ref()
+            .map(|r| r.decode())
+            .transpose()
+            .map_err(|e| RequestError::Storage(e.to_string()))?;
+        return Ok(GetOutcome {
+            value,
+            record,
+            replies,
+            stale: Vec::new(),
+        });
+    }
+    let coordinator = GetCoordinator::new(shared.local.clone(), placement.selection, r, deadline)?;
+    let (reply, answer) = oneshot::channel();
+    let guard = shared.coordinating();
+    shared.spawn(drive_get(
+        guard,
+        shared.clone(),
+        id,
+        placement.partition,
+        placement.key,
+        coordinator,
+        reply,
+    ));
+    answer.await.unwrap_or(Err(RequestError::ShuttingDown))
+}
+
+async fn drive_get<T: Transport, S: Store>(
+    _guard: InFlight,
+    shared: Arc<Shared<T, S>>,
+    id: RequestId,
+    partition: u32,
+    key: Vec<u8>,
+    mut c: GetCoordinator,
+    reply: oneshot::Sender<Result<GetOutcome, RequestError>>,
+) {
+    let local = shared.local.clone();
+    match shared.engine.get_record(partition, &key) {
+        Ok(record) => c.handle_reply(&local, record),
+        Err(e) => c.handle_failure(&local, e.to_string()),
+    }
+    let deadline = c.deadline();
+    type Reply = Result<Option<Record>, CallError>;
+    let (results_tx, mut results) = mpsc::unbounded_channel::<(MemberId, Reply)>();
+    let mut reply = Some(reply);
+    loop {
+        while let Some(effect) = c.poll_effect() {
+            match effect {
+                GetEffect::Read { target } => {
+                    let request = PeerRequest::Read {
+                        id,
+                        partition,
+                        key: key.clone(),
+                    };
+                    let (shared2, tx) = (shared.clone(), results_tx.clone());
+                    let timeout = remaining(&shared, deadline);
+                    shared.spawn(async move {
+                        let result = shared2
+                            .call(&target.node, &request, timeout, Class::Foreground)
+                            .await
+                            .and_then(expect_record);
+                        let _ = tx.send((target.node, result));
+                    });
+                }
+                GetEffect::Repair { target, record } => {
+                    repair(&shared, id, partition, &key, target, record)
+                }
+                GetEffect::Done(result) => {
+                    shared.metrics.get_done(&result);
+                    if let Some(reply) = reply.take() {
+                        let _ = reply.send(result);
+                    }
+                }
+            }
+        }
+        if c.is_finished() {
+            return;
+        }
+        tokio::select! {
+            biased;
+            Some((node, result)) = results.recv() => match result {
+                Ok(record) => c.handle_reply(&node, record),
+                Err(e) => c.handle_failure(&node, e.message),
+            },
+            () = tokio::time::sleep_until(shared.instant(deadline)) => c.handle_timeout(shared.now()),
+        }
+    }
+}
+
+fn expect_record(response: PeerResponse) -> Result<Option<Record>, CallError> {
+    match response {
+        PeerResponse::Record(bytes) => {
+            bytes
+                .map(record_from_wire)
+                .transpose()
+                .map_err(|e| CallError {
+                    message: e.to_string(),
+                    may_have_taken_effect: false,
+                })
+        }
+        other => Err(CallError {
+            message: format!("unexpected response {other:?}"),
+            may_have_taken_effect: false,
+        }),
+    }
+}
+
+/// Read repair: the merged record to a stale replica, in the background.
+fn repair<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    id: RequestId,
+    partition: u32,
+    key: &[u8],
+    target: Target,
+    record: Record,
+) {
+    shared.metrics.read_repair();
+    let hint_for = target.hint_for.as_ref().map(|h| h.as_str().to_owned());
+    if target.node == shared.local {
+        if let Err(e) = store_replica(&shared.engine, partition, key, &record, hint_for.as_deref())
+        {
+            tracing::warn!(%id, error = %e, "local read repair failed");
+        }
+        return;
+    }
+    let request = PeerRequest::Replicate {
+        id,
+        partition,
+        key: key.to_vec(),
+        record: record.as_bytes().to_vec(),
+        hint_for,
+    };
+    let shared2 = shared.clone();
+    shared.spawn(async move {
+        let timeout = shared2.config.background_timeout;
+        if let Err(e) = shared2
+            .call(&target.node, &request, timeout, Class::Background)
+            .await
+        {
+            tracing::debug!(%id, to = %target.node, error = %e.message, "read repair not delivered");
+        }
+    });
+}
+
+/// Sends a forwarded request to the first target that takes it; a target that surely did
+/// not act on it (unreachable, busy, or refusing) is skipped for the next.
+async fn forward<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    targets: &[Target],
+    deadline: Duration,
+    request: impl Fn(u64) -> PeerRequest,
+) -> Result<(usize, Option<Record>), RequestError> {
+    let mut last = String::from("no target reachable");
+    for target in targets {
+        let timeout = remaining(shared, deadline);
+        if timeout.is_zero() {
+            break;
+        }
+        // The remote coordinator answers a little before our deadline, so its own verdict
+        // (rather than our timeout) reaches the client.
+        let request = request((timeout.as_millis() as u64).saturating_mul(9) / 10);
+        let result = match shared
+            .call(&target.node, &request, timeout, Class::Foreground)
+            .await
+        {
+            Ok(PeerResponse::Updated(result) | PeerResponse::Got(result)) => result,
+            Ok(other) => {
+                return Err(RequestError::Forwarded {
+                    outcome: Outcome::Unknown,
+                    message: format!("unexpected response {other:?}"),
+                });
+            }
+            Err(e) if !e.may_have_taken_effect => {
+                last = format!("{}: {}", target.node, e.message);
+                continue;
+            }
+            Err(e) => {
+                return Err(RequestError::Forwarded {
+                    outcome: Outcome::Unknown,
+                    message: format!("{}: {}", target.node, e.message),
+                });
+            }
+        };
+        match result {
+            Ok((count, record)) => {
+                let record = record.map(record_from_wire).transpose().map_err(|e| {
+                    RequestError::Forwarded {
+                        outcome: Outcome::Unknown,
+                        message: e.to_string(),
+                    }
+                })?;
+                return Ok((count, record));
+            }
+            Err(f) if f.outcome == WireOutcome::Failed => {
+                last = format!("{}: {}", target.node, f.message);
+            }
+            Err(f) => {
+                return Err(RequestError::Forwarded {
+                    outcome: outcome_of(f.outcome),
+                    message: f.message,
+                });
+            }
+        }
+    }
+    Err(RequestError::Forwarded {
+        outcome: Outcome::Failed,
+        message: last,
+    })
+}

@@ -1,0 +1,144 @@
+//! The handoff worker: delivers hints to their primaries with one
+//! [`HandoffSession`] per target.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shoal_membership::NodeId as MemberId;
+use shoal_storage::Store;
+use tokio::sync::mpsc;
+
+use super::shared::{Class, Shared};
+use crate::handoff::{HandoffEffect, HandoffSession};
+use crate::request::message::PeerRequest;
+use crate::transport::Transport;
+
+/// A delivery's answer: target, partition, key, acknowledged.
+type Delivery = (MemberId, u32, Vec<u8>, bool);
+
+pub(crate) async fn run<T: Transport, S: Store>(
+    shared: Arc<Shared<T, S>>,
+    mut wake: mpsc::Receiver<MemberId>,
+) {
+    let mut sessions: HashMap<MemberId, HandoffSession> = HashMap::new();
+    let (tx, mut delivered) = mpsc::unbounded_channel::<Delivery>();
+    let mut tick = tokio::time::interval(shared.config.handoff_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut touched = Vec::new();
+        tokio::select! {
+            biased;
+            target = wake.recv() => {
+                let Some(target) = target else { return };
+                if start(&shared, &mut sessions, target.clone()) {
+                    touched.push(target);
+                }
+            }
+            _ = tick.tick() => {
+                let backlog = match shared.engine.hint_backlog() {
+                    Ok(backlog) => backlog,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "hint backlog unreadable");
+                        continue;
+                    }
+                };
+                for target in backlog.keys().filter_map(|t| MemberId::new(t.as_str()).ok()) {
+                    if shared.is_live(&target) && start(&shared, &mut sessions, target.clone()) {
+                        touched.push(target);
+                    }
+                }
+            }
+            Some((target, partition, key, ok)) = delivered.recv() => {
+                if let Some(session) = sessions.get_mut(&target) {
+                    if ok {
+                        session.handle_delivered(partition, &key);
+                    } else {
+                        session.handle_failed(partition, &key);
+                    }
+                    touched.push(target);
+                }
+            }
+        }
+        for target in touched {
+            pump(&shared, &mut sessions, &target, &tx);
+        }
+    }
+}
+
+fn start<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    sessions: &mut HashMap<MemberId, HandoffSession>,
+    target: MemberId,
+) -> bool {
+    if target == shared.local || sessions.contains_key(&target) {
+        return false;
+    }
+    let session = HandoffSession::new(
+        target.clone(),
+        shared.config.handoff_page,
+        shared.config.handoff_in_flight,
+    );
+    sessions.insert(target, session);
+    true
+}
+
+/// Performs a session's effects until it waits for deliveries; drops it when finished.
+fn pump<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    sessions: &mut HashMap<MemberId, HandoffSession>,
+    target: &MemberId,
+    tx: &mpsc::UnboundedSender<Delivery>,
+) {
+    let Some(session) = sessions.get_mut(target) else {
+        return;
+    };
+    while let Some(effect) = session.poll_effect() {
+        match effect {
+            HandoffEffect::Fetch { after, limit } => {
+                let after = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
+                let page = shared
+                    .engine
+                    .hints(target.as_str(), after, limit)
+                    .unwrap_or_else(|e| {
+                        tracing::warn!(%target, error = %e, "hints unreadable");
+                        Vec::new()
+                    });
+                session.handle_page(page);
+            }
+            HandoffEffect::Deliver { hint } => {
+                let request = PeerRequest::DeliverHint {
+                    id: shared.next_request_id(),
+                    partition: hint.partition,
+                    key: hint.key.clone(),
+                    record: hint.record.as_bytes().to_vec(),
+                };
+                let (shared2, tx, target) = (shared.clone(), tx.clone(), target.clone());
+                shared.spawn(async move {
+                    let timeout = shared2.config.background_timeout;
+                    let ok = shared2
+                        .call(&target, &request, timeout, Class::Background)
+                        .await
+                        .is_ok_and(|r| matches!(r, crate::request::PeerResponse::Stored));
+                    let _ = tx.send((target, hint.partition, hint.key, ok));
+                });
+            }
+            HandoffEffect::Remove {
+                partition,
+                key,
+                hash,
+            } => {
+                shared.metrics.hint_delivered();
+                if let Err(e) = shared
+                    .engine
+                    .remove_hint(target.as_str(), partition, &key, hash)
+                {
+                    tracing::warn!(%target, error = %e, "delivered hint not removed");
+                }
+            }
+        }
+    }
+    if session.is_finished() {
+        tracing::debug!(%target, delivered = session.delivered(), failed = session.failed(), "handoff pass done");
+        sessions.remove(target);
+    }
+}

@@ -1,0 +1,149 @@
+//! The RPC server: answers peers' requests, each in its own task.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use shoal_storage::Store;
+use tokio::sync::{Semaphore, mpsc};
+
+use super::coordinate::{self, store_replica};
+use super::shared::Shared;
+use crate::request::message::{
+    self, PeerRequest, PeerResponse, WireFailure, WireOutcome, record_from_wire,
+};
+use crate::request::{Outcome, RequestError};
+use crate::transport::{IncomingRpc, OVERLOADED, Transport};
+
+pub(crate) async fn run<T: Transport, S: Store>(
+    shared: Arc<Shared<T, S>>,
+    mut rpcs: mpsc::Receiver<IncomingRpc>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.config.max_serving.max(1)));
+    while let Some(rpc) = rpcs.recv().await {
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            rpc.reject(OVERLOADED);
+            continue;
+        };
+        let shared2 = shared.clone();
+        shared.spawn(async move {
+            handle(&shared2, rpc).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: IncomingRpc) {
+    let request = match message::decode_request(&rpc.request) {
+        Ok(request) => request,
+        Err(e) => return rpc.reject(format!("malformed request: {e}")),
+    };
+    let id = request.id();
+    let answer = if matches!(
+        request,
+        PeerRequest::ForwardUpdate { .. } | PeerRequest::ForwardGet { .. }
+    ) {
+        // A forwarded update must run once even if the request arrives twice (a duplicated
+        // packet, a retried stream): later copies wait for the first one's answer.
+        let cell = shared.dedup.cell(rpc.from.id.as_str(), id);
+        cell.get_or_init(|| serve(shared, request)).await.clone()
+    } else {
+        serve(shared, request).await
+    };
+    match answer.and_then(|a| message::encode_response(&a).map_err(|e| e.to_string())) {
+        Ok(bytes) => rpc.respond(Bytes::from(bytes)),
+        Err(e) => {
+            tracing::debug!(%id, from = %rpc.from.id, error = %e, "request refused");
+            rpc.reject(e);
+        }
+    }
+}
+
+async fn serve<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    request: PeerRequest,
+) -> Result<PeerResponse, String> {
+    let id = request.id();
+    match request {
+        PeerRequest::Replicate {
+            partition,
+            key,
+            record,
+            hint_for,
+            ..
+        } => record_from_wire(record)
+            .map_err(|e| e.to_string())
+            .and_then(|record| {
+                // A hint for ourselves would never be delivered: our data has it already.
+                let hint_for = hint_for.filter(|h| h.as_str() != shared.local.as_str());
+                store_replica(
+                    &shared.engine,
+                    partition,
+                    &key,
+                    &record,
+                    hint_for.as_deref(),
+                )?;
+                if hint_for.is_some() {
+                    shared.metrics.hint_stored();
+                }
+                Ok(())
+            })
+            .map(|()| PeerResponse::Stored),
+        PeerRequest::DeliverHint {
+            partition,
+            key,
+            record,
+            ..
+        } => record_from_wire(record)
+            .map_err(|e| e.to_string())
+            .and_then(|record| store_replica(&shared.engine, partition, &key, &record, None))
+            .map(|()| PeerResponse::Stored),
+        PeerRequest::Read { partition, key, .. } => shared
+            .engine
+            .get_record(partition, &key)
+            .map(|r| PeerResponse::Record(r.map(|r| r.as_bytes().to_vec())))
+            .map_err(|e| e.to_string()),
+        PeerRequest::ForwardUpdate {
+            keyspace,
+            key,
+            update,
+            w,
+            timeout_ms,
+            ..
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let result =
+                coordinate::update(shared, id, &keyspace, &key, update, w, timeout, true).await;
+            Ok(PeerResponse::Updated(
+                result
+                    .map(|ack| (ack.acks, ack.record.map(|r| r.as_bytes().to_vec())))
+                    .map_err(to_wire),
+            ))
+        }
+        PeerRequest::ForwardGet {
+            keyspace,
+            key,
+            r,
+            timeout_ms,
+            ..
+        } => {
+            let timeout = Duration::from_millis(timeout_ms);
+            let result = coordinate::get(shared, id, &keyspace, &key, r, timeout, true).await;
+            Ok(PeerResponse::Got(
+                result
+                    .map(|got| (got.replies, got.record.map(|r| r.as_bytes().to_vec())))
+                    .map_err(to_wire),
+            ))
+        }
+    }
+}
+
+fn to_wire(e: RequestError) -> WireFailure {
+    WireFailure {
+        outcome: match e.outcome() {
+            Outcome::Failed => WireOutcome::Failed,
+            Outcome::Unknown => WireOutcome::Unknown,
+        },
+        message: e.to_string(),
+    }
+}

@@ -1,0 +1,345 @@
+//! The request path end to end on a healthy in-memory cluster, one rule per test:
+//! forwarding, sloppy quorum with fallbacks and hinted handoff, read repair, quorum errors,
+//! graceful shutdown. Virtual time; waits are conditions with deadlines.
+
+use std::time::Duration;
+
+use shoal_node::request::{Outcome, RequestError};
+use shoal_storage::{SetOp, Update, View};
+
+mod common;
+
+use common::{Cluster, KEYSPACE, NODES, TIMEOUT};
+
+/// Waits until `cond` holds, polling every 50 ms of virtual time, for at most `limit`.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every node sees `i` as dead (or alive, with `live`).
+async fn until_seen(cluster: &Cluster, i: usize, live: bool) {
+    let id = cluster.peer(i).id.as_str().to_owned();
+    eventually(Duration::from_secs(60), || {
+        cluster
+            .up()
+            .iter()
+            .filter(|&&j| j != i)
+            .all(|&j| cluster.node(j).is_live(&id) == live)
+    })
+    .await;
+}
+
+/// Waits until every node's SWIM has heard from every other.
+async fn until_all_met(cluster: &Cluster) {
+    eventually(Duration::from_secs(60), || {
+        cluster
+            .up()
+            .iter()
+            .all(|&i| cluster.node(i).members_known() == NODES)
+    })
+    .await;
+}
+
+fn add(member: &str) -> Update {
+    Update::Set(SetOp::Add(vec![member.as_bytes().to_vec()]))
+}
+
+#[tokio::test(start_paused = true)]
+async fn updates_and_gets_work_through_every_node() {
+    let cluster = Cluster::new(1);
+    for via in 0..NODES {
+        let key = format!("k{via}");
+        let ack = cluster
+            .node(via)
+            .update(KEYSPACE, key.as_bytes(), Update::CounterAdd(5), 2, TIMEOUT)
+            .await
+            .unwrap();
+        assert!(ack.acks >= 2);
+        for from in 0..NODES {
+            let got = cluster
+                .node(from)
+                .get(KEYSPACE, key.as_bytes(), 2, TIMEOUT)
+                .await
+                .unwrap();
+            assert_eq!(got.value.map(|v| v.view()), Some(View::Counter(5)));
+        }
+    }
+    cluster.settle().await;
+    for via in 0..NODES {
+        let key = format!("k{via}");
+        let (_, primaries) = cluster.primaries(key.as_bytes());
+        for i in primaries {
+            assert_eq!(
+                cluster.local_view(i, key.as_bytes()),
+                Some(View::Counter(5))
+            );
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fallback_keeps_a_hint_until_the_primary_is_back() {
+    let mut cluster = Cluster::new(2);
+    let key = b"fallback";
+    let (_, primaries) = cluster.primaries(key);
+    let (down, coordinator) = (primaries[2], primaries[0]);
+    // SWIM must have met the node to declare it dead later (a member it never heard of
+    // counts as live).
+    until_all_met(&cluster).await;
+    cluster.crash(down);
+    until_seen(&cluster, down, false).await;
+
+    // W = 3 with a primary down: only possible through a fallback.
+    let ack = cluster
+        .node(coordinator)
+        .update(KEYSPACE, key, add("x"), 3, TIMEOUT)
+        .await
+        .unwrap();
+    assert_eq!(ack.acks, 3);
+    let down_id = cluster.peer(down).id.as_str().to_owned();
+    let holders: Vec<usize> = cluster
+        .up()
+        .into_iter()
+        .filter(|&i| {
+            cluster
+                .node(i)
+                .hint_backlog()
+                .unwrap()
+                .contains_key(&down_id)
+        })
+        .collect();
+    assert_eq!(holders.len(), 1, "one fallback holds the hint");
+    assert!(!primaries.contains(&holders[0]));
+    // The fallback serves reads too.
+    let got = cluster
+        .node(coordinator)
+        .get(KEYSPACE, key, 3, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(matches!(got.value.map(|v| v.view()), Some(View::Set(s)) if s.len() == 1));
+    assert_eq!(cluster.local_view(down, key), None);
+
+    cluster.start(down);
+    cluster.settle().await;
+    assert!(matches!(cluster.local_view(down, key), Some(View::Set(s)) if s.len() == 1));
+    assert_eq!(cluster.node(holders[0]).metrics().hints_delivered, 1);
+    assert_eq!(cluster.node(coordinator).metrics().updates_acknowledged, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn read_repair_brings_stale_replicas_up_to_date() {
+    let cluster = Cluster::new(3);
+    let key = b"repair";
+    let (partition, primaries) = cluster.primaries(key);
+    cluster
+        .node(primaries[0])
+        .update(KEYSPACE, key, add("a"), 3, TIMEOUT)
+        .await
+        .unwrap();
+    // One replica learns something the others do not (as if the others missed a write).
+    let skey = shoal_node::storage_key(KEYSPACE, key).unwrap();
+    cluster.engines[primaries[1]]
+        .apply(partition, &skey, &add("b"))
+        .unwrap();
+
+    let got = cluster
+        .node(primaries[0])
+        .get(KEYSPACE, key, 3, TIMEOUT)
+        .await
+        .unwrap();
+    let mut stale: Vec<String> = got.stale.iter().map(|id| id.to_string()).collect();
+    stale.sort();
+    let mut expected: Vec<String> = [primaries[0], primaries[2]]
+        .iter()
+        .map(|&i| cluster.peer(i).id.to_string())
+        .collect();
+    expected.sort();
+    assert_eq!(stale, expected);
+    eventually(Duration::from_secs(10), || {
+        primaries
+            .iter()
+            .all(|&i| matches!(cluster.local_view(i, key), Some(View::Set(s)) if s.len() == 2))
+    })
+    .await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn errors_say_whether_the_update_took_effect() {
+    let mut cluster = Cluster::new(4);
+    let node = cluster.node(0);
+    node.update(KEYSPACE, b"typed", Update::CounterAdd(1), 2, TIMEOUT)
+        .await
+        .unwrap();
+    let err = node
+        .update(KEYSPACE, b"typed", add("x"), 2, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), Outcome::Failed, "{err}");
+    let err = node
+        .update(KEYSPACE, b"typed", Update::CounterAdd(1), 4, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Invalid(_)), "{err}");
+    let long = vec![b'k'; shoal_storage::MAX_KEY_LEN];
+    let err = node
+        .update(KEYSPACE, &long, Update::CounterAdd(1), 2, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RequestError::Invalid(_)), "{err}");
+
+    // Three of five nodes down: fewer live nodes than W = 3.
+    until_all_met(&cluster).await;
+    for i in [1, 2, 3] {
+        cluster.crash(i);
+    }
+    for i in [1, 2, 3] {
+        until_seen(&cluster, i, false).await;
+    }
+    let err = cluster
+        .node(0)
+        .update(KEYSPACE, b"typed", Update::CounterAdd(1), 3, TIMEOUT)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RequestError::Unavailable { required: 3, .. } | RequestError::Forwarded { .. }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.outcome(), Outcome::Failed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_that_times_out_after_the_local_write_is_unknown() {
+    let cluster = Cluster::new(5);
+    let key = b"cut";
+    let (_, primaries) = cluster.primaries(key);
+    let coordinator = primaries[0];
+    // The coordinator's requests to everyone are lost; SWIM has not noticed yet.
+    for j in 0..NODES {
+        if j != coordinator {
+            cluster
+                .net
+                .cut_link(&cluster.peer(coordinator).id, &cluster.peer(j).id);
+        }
+    }
+    let err = cluster
+        .node(coordinator)
+        .update(
+            KEYSPACE,
+            key,
+            Update::CounterAdd(1),
+            2,
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.outcome(), Outcome::Unknown, "{err}");
+    assert!(
+        matches!(&err, RequestError::Quorum(q) if q.succeeded == 1 && q.pending == 2),
+        "{err}"
+    );
+    // The update is on the coordinator and hinted for the other primaries.
+    assert_eq!(cluster.local_view(coordinator, key), Some(View::Counter(1)));
+    cluster.net.heal();
+    cluster.settle().await;
+    for i in primaries {
+        assert_eq!(cluster.local_view(i, key), Some(View::Counter(1)));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_graceful_shutdown_is_seen_without_suspicion() {
+    let mut cluster = Cluster::new(6);
+    // Let SWIM converge, then stop node 4 gracefully.
+    until_all_met(&cluster).await;
+    let node = cluster.nodes[4].take().unwrap();
+    let start = tokio::time::Instant::now();
+    node.shutdown().await;
+    // Far sooner than failure detection (probe, then a suspicion timeout of seconds).
+    until_seen(&cluster, 4, false).await;
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_peer_fails_fast_instead_of_queueing() {
+    let cluster = Cluster::with_config(7, |c| {
+        c.peer_concurrency = 1;
+        c.peer_queue = 0;
+    });
+    let key = b"slow";
+    let (_, primaries) = cluster.primaries(key);
+    let (coordinator, slow) = (primaries[0], primaries[1]);
+    until_all_met(&cluster).await;
+    // Requests from the coordinator to the slow peer hang until their deadline.
+    cluster
+        .net
+        .cut_link(&cluster.peer(coordinator).id, &cluster.peer(slow).id);
+    let node = cluster.node(coordinator);
+    let start = tokio::time::Instant::now();
+    for _ in 0..3 {
+        node.update(KEYSPACE, key, Update::CounterAdd(1), 2, TIMEOUT)
+            .await
+            .unwrap();
+    }
+    assert!(start.elapsed() < TIMEOUT / 4, "{:?}", start.elapsed());
+    // The first replicate to the slow peer still holds its only slot; the later ones failed
+    // at once and were hinted, long before any deadline.
+    let slow_id = cluster.peer(slow).id.as_str().to_owned();
+    let backlog = node.hint_backlog().unwrap();
+    assert_eq!(
+        backlog.get(&slow_id).map(|b| b.keys),
+        Some(1),
+        "{backlog:?}"
+    );
+    cluster.net.heal();
+    cluster.settle().await;
+    assert_eq!(cluster.local_view(slow, key), Some(View::Counter(3)));
+}
+
+/// The known gap of the runtime docs: a coordinator that crashes after W acks and before it
+/// hints a target that missed the update. Read repair (and later anti-entropy) closes it.
+#[tokio::test(start_paused = true)]
+async fn read_repair_covers_a_coordinator_that_crashed_before_hinting() {
+    let mut cluster = Cluster::new(8);
+    let key = b"crash";
+    let (_, primaries) = cluster.primaries(key);
+    let (coordinator, missed) = (primaries[0], primaries[2]);
+    until_all_met(&cluster).await;
+    cluster
+        .net
+        .cut_link(&cluster.peer(coordinator).id, &cluster.peer(missed).id);
+    cluster
+        .node(coordinator)
+        .update(KEYSPACE, key, add("x"), 2, TIMEOUT)
+        .await
+        .unwrap();
+    cluster.crash(coordinator);
+    cluster.net.heal();
+    cluster.start(coordinator);
+    cluster.settle().await;
+    assert_eq!(cluster.local_view(missed, key), None, "nobody hinted it");
+    let got = cluster
+        .node(primaries[1])
+        .get(KEYSPACE, key, 3, TIMEOUT)
+        .await
+        .unwrap();
+    assert!(matches!(got.value.map(|v| v.view()), Some(View::Set(s)) if s.len() == 1));
+    eventually(
+        Duration::from_secs(10),
+        || matches!(cluster.local_view(missed, key), Some(View::Set(s)) if s.len() == 1),
+    )
+    .await;
+}
