@@ -14,8 +14,10 @@ use bincode::config::{Configuration, Limit as ByteLimit, LittleEndian, Varint};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::StorageError;
-use crate::value::{Actor, Bytes, Counter, Kind, MAX_VALUE_LEN, Map, Register, Set, Value};
+use crate::error::{Limit, StorageError};
+use crate::value::{
+    Actor, Bytes, Counter, Kind, MAX_VALUE_LEN, Map, Register, Set, Value, check_len,
+};
 
 /// Decoding never allocates more than this, whatever the input claims.
 const DECODE_LIMIT: usize = MAX_VALUE_LEN + 4096;
@@ -47,14 +49,23 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     Ok(value)
 }
 
-/// Canonical encoding of a value's CRDT state (without the record envelope).
-pub fn encode_value(value: &Value) -> Vec<u8> {
-    match value {
+/// Canonical encoding of a value's CRDT state (without the record envelope); errors if it is
+/// over [`MAX_VALUE_LEN`]. The canonical form has the same length as the plain one (the same
+/// entries in another order), so the limit is checked before canonicalizing.
+pub fn encode_value(value: &Value) -> Result<Vec<u8>, StorageError> {
+    let plain = match value {
         Value::Counter(c) => encode(c),
-        Value::Set(s) => encode(&canonical::<SetM>(s)),
-        Value::Register(r) => encode(&canonical::<RegisterM>(r).sorted()),
-        Value::Map(m) => encode(&canonical::<MapM>(m).sorted()),
-    }
+        Value::Set(s) => encode(s),
+        Value::Register(r) => encode(r),
+        Value::Map(m) => encode(m),
+    };
+    check_len(Limit::Value, plain.len())?;
+    Ok(match value {
+        Value::Counter(_) => plain,
+        Value::Set(_) => encode(&mirror::<SetM>(&plain)),
+        Value::Register(_) => encode(&mirror::<RegisterM>(&plain).sorted()),
+        Value::Map(_) => encode(&mirror::<MapM>(&plain).sorted()),
+    })
 }
 
 /// Decodes a value's CRDT state of a known kind.
@@ -67,9 +78,9 @@ pub fn decode_value(kind: Kind, bytes: &[u8]) -> Result<Value, StorageError> {
     })
 }
 
-/// Re-reads a `crdts` value as its mirror type: same bytes, sorted containers.
-fn canonical<M: DeserializeOwned>(value: &impl Serialize) -> M {
-    decode(&encode(value)).expect("mirror types share the layout of the crdts types")
+/// Re-reads an encoded `crdts` value as its mirror type: same bytes, sorted containers.
+fn mirror<M: DeserializeOwned>(plain: &[u8]) -> M {
+    decode(plain).expect("mirror types share the layout of the crdts types")
 }
 
 #[derive(Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -150,8 +161,8 @@ mod tests {
             ab.merge(right.clone()).unwrap();
             let mut ba = right.clone();
             ba.merge(left.clone()).unwrap();
-            assert_eq!(encode_value(&ab), encode_value(&ba));
-            let back = decode_value(kind, &encode_value(&ab)).unwrap();
+            assert_eq!(encode_value(&ab).unwrap(), encode_value(&ba).unwrap());
+            let back = decode_value(kind, &encode_value(&ab).unwrap()).unwrap();
             assert_eq!(back, ab);
         }
     }

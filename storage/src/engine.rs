@@ -10,7 +10,7 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
 
 use crate::error::{Limit, StorageError};
 use crate::merkle::{self, MerkleTree, NodeHash};
-use crate::record::{Record, ValueHash, header_hash};
+use crate::record::{Record, ValueHash};
 use crate::store::{BatchOp, Column, Store};
 use crate::value::{Actor, Update, Value, check_len};
 
@@ -28,6 +28,7 @@ struct Pending<'a> {
     partition: Partition,
     key: &'a [u8],
     old_hash: Option<ValueHash>,
+    repaired: bool,
     value: Value,
     record: Record,
 }
@@ -173,7 +174,7 @@ impl<S: Store> Engine<S> {
         check_len(Limit::Key, key.len())?;
         update.validate()?;
         let dk = data_key(partition, key);
-        let _guard = self.stripe(&dk).lock();
+        let _guard = self.stripe(&dk[..DATA_PREFIX_LEN]).lock();
         let old = self.read_record(partition, key, &dk)?;
         let mut value = match (&old, update.kind()) {
             (Some(record), _) => record.decode()?,
@@ -225,7 +226,10 @@ impl<S: Store> Engine<S> {
         items: &[(Partition, Vec<u8>, Record)],
     ) -> Result<Vec<Result<Written, StorageError>>, StorageError> {
         let keys: Vec<Vec<u8>> = items.iter().map(|(p, k, _)| data_key(*p, k)).collect();
-        let mut stripes: Vec<usize> = keys.iter().map(|dk| self.stripe_index(dk)).collect();
+        let mut stripes: Vec<usize> = keys
+            .iter()
+            .map(|dk| self.stripe_index(&dk[..DATA_PREFIX_LEN]))
+            .collect();
         stripes.sort_unstable();
         stripes.dedup();
         // Stripes are locked in index order, so concurrent batches cannot deadlock.
@@ -242,7 +246,7 @@ impl<S: Store> Engine<S> {
                     .decode()
                     .map_err(|e| StorageError::Malformed(e.to_string()))?;
                 let (old_hash, local, repaired) = match pending.get(dk.as_slice()) {
-                    Some(p) => (p.old_hash, Some(p.value.clone()), false),
+                    Some(p) => (p.old_hash, Some(p.value.clone()), p.repaired),
                     None => {
                         let raw = self.store.get(Column::Data, dk)?;
                         let old_hash = raw.as_deref().map(stored_hash);
@@ -267,6 +271,7 @@ impl<S: Store> Engine<S> {
                         partition: *partition,
                         key,
                         old_hash,
+                        repaired,
                         value: value.clone(),
                         record: record.clone(),
                     },
@@ -295,22 +300,30 @@ impl<S: Store> Engine<S> {
             self.store.write(batch)?;
         }
         for p in changed {
-            self.tree(p.partition)
-                .lock()
-                .update(p.key, p.old_hash, Some(p.record.hash()));
+            if p.repaired {
+                // The corrupt bytes' entry in the tree is unknown: rebuild the leaf.
+                self.refresh_leaf(p.partition, p.key)?;
+            } else {
+                self.tree(p.partition)
+                    .lock()
+                    .update(p.key, p.old_hash, Some(p.record.hash()));
+            }
         }
         Ok(results)
     }
 
-    /// The stored record of `key`, checksum verified. A corrupt record is an error and is marked
-    /// in the Merkle tree so anti-entropy repairs it.
+    /// The stored record of `key`, checksum verified. A corrupt record is an error, and its
+    /// Merkle leaf is recomputed from the store so the tree shows the key as differing from every
+    /// sound replica (anti-entropy then repairs it with a merge).
     pub fn get_record(
         &self,
         partition: Partition,
         key: &[u8],
     ) -> Result<Option<Record>, StorageError> {
         check_len(Limit::Key, key.len())?;
-        self.read_record(partition, key, &data_key(partition, key))
+        let dk = data_key(partition, key);
+        let _guard = self.stripe(&dk[..DATA_PREFIX_LEN]).lock();
+        self.read_record(partition, key, &dk)
     }
 
     /// The stored state of `key` (including a deleted key's remaining causal history: see
@@ -331,20 +344,28 @@ impl<S: Store> Engine<S> {
         let Some(raw) = self.store.get(Column::Data, dk)? else {
             return Ok(None);
         };
-        let tree_hash = header_hash(&raw).ok();
-        match Record::from_bytes(raw.clone()) {
+        match Record::from_bytes(raw) {
             Ok(record) => Ok(Some(record)),
             Err(corruption) => {
                 tracing::warn!(partition, %corruption, "corrupt record");
-                // The tree may still hold the header's checksum (the record rotted after open).
-                if let Some(header) = tree_hash {
-                    self.tree(partition)
-                        .lock()
-                        .update(key, Some(header), Some(stored_hash(&raw)));
-                }
+                self.refresh_leaf(partition, key)?;
                 Err(corruption.into())
             }
         }
+    }
+
+    /// Recomputes the Merkle leaf of `key` from the store. Used where a record turned out
+    /// corrupt: the bytes changed under the engine, so the tree's entry for the key is unknown
+    /// and the leaf is rebuilt instead of updated. The caller holds the key's stripe, which
+    /// covers every key of the leaf, so no write of the leaf races with the scan.
+    fn refresh_leaf(&self, partition: Partition, key: &[u8]) -> Result<(), StorageError> {
+        let leaf = merkle::leaf_of(key);
+        let mut hash = 0;
+        for (k, value_hash) in self.leaf_keys(partition, leaf)? {
+            hash ^= merkle::entry_hash(&k, value_hash);
+        }
+        self.tree(partition).lock().set_leaf(leaf, hash);
+        Ok(())
     }
 
     fn persist(
@@ -370,6 +391,8 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
+    /// The lock of a data key (or hint key). Data keys lock by partition and Merkle leaf, so one
+    /// stripe covers a whole leaf (see [`Self::refresh_leaf`]); hint keys lock by the whole key.
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
         &self.stripes[self.stripe_index(key)]
     }

@@ -85,6 +85,13 @@ impl MerkleTree {
         if let Some(new) = new {
             delta ^= entry_hash(key, new);
         }
+        self.xor_leaf(leaf, delta);
+    }
+
+    fn xor_leaf(&mut self, leaf: usize, delta: NodeHash) {
+        if delta == 0 {
+            return;
+        }
         self.levels[DEPTH][leaf] ^= delta;
         let mut index = leaf;
         for level in (0..DEPTH).rev() {
@@ -93,6 +100,13 @@ impl MerkleTree {
             let hash = hash_children(&self.levels[level + 1][start..start + FANOUT]);
             self.levels[level][index] = hash;
         }
+    }
+
+    /// Sets a leaf's hash outright (after recomputing it from the store) and updates the path.
+    pub fn set_leaf(&mut self, leaf: u16, hash: NodeHash) {
+        let leaf = leaf as usize;
+        let old = self.levels[DEPTH][leaf];
+        self.xor_leaf(leaf, old ^ hash);
     }
 
     /// The root hash.

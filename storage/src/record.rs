@@ -7,7 +7,6 @@
 use xxhash_rust::xxh3::Xxh3;
 
 use crate::codec;
-use crate::error::Limit;
 use crate::error::{Corruption, StorageError};
 use crate::value::{Kind, MAX_VALUE_LEN, Value};
 
@@ -28,8 +27,7 @@ pub struct Record {
 impl Record {
     /// Encodes a value; errors if its encoding is over [`MAX_VALUE_LEN`].
     pub fn encode(value: &Value) -> Result<Record, StorageError> {
-        let payload = codec::encode_value(value);
-        crate::value::check_len(Limit::Value, payload.len())?;
+        let payload = codec::encode_value(value)?;
         let tag = value.kind().tag();
         let mut bytes = Vec::with_capacity(HEADER_LEN + payload.len());
         bytes.push(FORMAT_VERSION);

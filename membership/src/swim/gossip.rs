@@ -1,0 +1,106 @@
+//! Dissemination: gossip rounds, full-state exchange (push-pull) and seed retries.
+
+use super::*;
+
+impl<R: RngCore> Swim<R> {
+    pub(super) fn gossip_round(&mut self) {
+        if self.broadcasts.is_empty() {
+            return;
+        }
+        for id in self.random_live(self.config.gossip_fanout, None) {
+            let addr = self.members[&id].member.meta.addr;
+            self.send(addr, Some(id), Body::Gossip, None);
+            if self.broadcasts.is_empty() {
+                break;
+            }
+        }
+    }
+
+    pub(super) fn retry_seeds(&mut self) {
+        if self.me.state == MemberState::Left {
+            return;
+        }
+        if self.live <= 1 {
+            for seed in self.seeds.clone() {
+                self.send_state(seed, None, true);
+            }
+            return;
+        }
+        // Contact one address outside our live view: a seed or a member we believe dead.
+        // If it is alive on the other side of a healed partition, the exchange merges views.
+        let live_addrs: BTreeSet<SocketAddr> = self
+            .members
+            .values()
+            .filter(|r| r.member.state.is_live())
+            .map(|r| r.member.meta.addr)
+            .collect();
+        let mut candidates: Vec<(SocketAddr, Option<NodeId>)> = self
+            .seeds
+            .iter()
+            .filter(|a| !live_addrs.contains(a))
+            .map(|a| (*a, None))
+            .collect();
+        candidates.extend(
+            self.members
+                .values()
+                .filter(|r| r.member.state == MemberState::Dead)
+                .map(|r| (r.member.meta.addr, Some(r.member.id.clone()))),
+        );
+        if candidates.is_empty() {
+            return;
+        }
+        let (addr, id) = candidates.swap_remove(self.rng.random_range(0..candidates.len()));
+        self.send_state(addr, id, true);
+    }
+
+    /// Sends our whole member table, split into as many datagrams as needed; only the first
+    /// asks for a reply.
+    pub(super) fn send_state(&mut self, to: SocketAddr, to_id: Option<NodeId>, reply: bool) {
+        let mut records = vec![self.self_update()];
+        records.extend(self.members.values().map(|r| {
+            let (id, incarnation) = (r.member.id.clone(), r.member.incarnation);
+            let accuser = self.me.id.clone();
+            match r.member.state {
+                MemberState::Alive => Update::Alive {
+                    id,
+                    incarnation,
+                    meta: r.member.meta.clone(),
+                },
+                MemberState::Suspect => Update::Suspect {
+                    id,
+                    incarnation,
+                    accuser,
+                },
+                MemberState::Dead => Update::Dead {
+                    id,
+                    incarnation,
+                    accuser,
+                },
+                MemberState::Left => Update::Left { id, incarnation },
+            }
+        }));
+        let mut reply = reply;
+        let mut records = records.into_iter().peekable();
+        while records.peek().is_some() {
+            let mut packet = Packet {
+                sender: self.me.id.clone(),
+                body: Body::PushPull { reply },
+                updates: Vec::new(),
+            };
+            let mut budget = self.budget(&packet);
+            while let Some(next) = records.peek() {
+                let len = codec::encoded_len(next);
+                if len > budget || packet.updates.len() >= MAX_UPDATES_PER_MESSAGE {
+                    break;
+                }
+                budget -= len;
+                packet.updates.extend(records.next());
+            }
+            if packet.updates.is_empty() {
+                break; // cannot happen with bounded records; avoids looping forever
+            }
+            self.transmit(to, to_id.clone(), &packet);
+            reply = false;
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! Probing: round-robin ping, ping-req through k members, nacks, local health.
+
+use super::*;
+
+impl<R: RngCore> Swim<R> {
+    pub(super) fn probe_round(&mut self, now: Duration) {
+        if let Some(probe) = self.probe.take()
+            && !probe.acked
+        {
+            self.probe_failed(probe, now);
+        }
+        if self.me.state == MemberState::Left {
+            return;
+        }
+        let at = now + self.scaled(self.config.probe_interval);
+        self.arm(TimerKind::Probe, at);
+        let Some(target) = self.next_probe_target() else {
+            return;
+        };
+        let seq = self.next_seq();
+        let addr = self.members[&target].member.meta.addr;
+        let buddy = self.buddy_update(&target);
+        self.send(
+            addr,
+            Some(target.clone()),
+            Body::Ping {
+                seq,
+                target: target.clone(),
+            },
+            buddy,
+        );
+        self.probe = Some(Probe {
+            seq,
+            target,
+            acked: false,
+            expected_nacks: 0,
+            nacks: 0,
+        });
+        let at = now + self.scaled(self.config.probe_timeout);
+        self.arm(TimerKind::ProbeTimeout { seq }, at);
+    }
+
+    pub(super) fn indirect_probe(&mut self, seq: u64) {
+        let Some(probe) = self.probe.as_ref().filter(|p| p.seq == seq && !p.acked) else {
+            return;
+        };
+        let target = probe.target.clone();
+        let Some(target_addr) = self.members.get(&target).map(|r| r.member.meta.addr) else {
+            return;
+        };
+        let helpers = self.random_live(self.config.indirect_probes, Some(&target));
+        let nack = self.config.lifeguard;
+        // Retry the direct path too: on a lossy network a second direct ping is as likely to
+        // get through as each indirect one, and cheaper (two messages instead of four).
+        let buddy = self.buddy_update(&target);
+        self.send(
+            target_addr,
+            Some(target.clone()),
+            Body::Ping {
+                seq,
+                target: target.clone(),
+            },
+            buddy,
+        );
+        for helper in &helpers {
+            let addr = self.members[helper].member.meta.addr;
+            self.send(
+                addr,
+                Some(helper.clone()),
+                Body::PingReq {
+                    seq,
+                    target: target.clone(),
+                    target_addr,
+                    nack,
+                },
+                None,
+            );
+        }
+        if let Some(probe) = self.probe.as_mut()
+            && nack
+        {
+            probe.expected_nacks = helpers.len() as u32;
+        }
+    }
+
+    pub(super) fn probe_failed(&mut self, probe: Probe, now: Duration) {
+        if self.config.lifeguard {
+            // Missing nacks mean our own messages are not getting through: we are the
+            // unhealthy one, so slow down before accusing others.
+            let delta = if probe.expected_nacks > 0 {
+                probe.expected_nacks.saturating_sub(probe.nacks)
+            } else {
+                1
+            };
+            self.health = (self.health + delta).min(self.config.max_health);
+        }
+        if let Some(r) = self.members.get(&probe.target)
+            && r.member.state.is_live()
+        {
+            let incarnation = r.member.incarnation;
+            let me = self.me.id.clone();
+            self.on_suspect(probe.target, incarnation, me, now);
+        }
+    }
+
+    pub(super) fn next_probe_target(&mut self) -> Option<NodeId> {
+        for _ in 0..2 {
+            while self.probe_index < self.probe_order.len() {
+                let id = &self.probe_order[self.probe_index];
+                self.probe_index += 1;
+                if self
+                    .members
+                    .get(id)
+                    .is_some_and(|r| r.member.state.is_live())
+                {
+                    return Some(id.clone());
+                }
+            }
+            self.probe_order = self
+                .members
+                .iter()
+                .filter(|(_, r)| r.member.state.is_live())
+                .map(|(id, _)| id.clone())
+                .collect();
+            self.probe_order.shuffle(&mut self.rng);
+            self.probe_index = 0;
+        }
+        None
+    }
+
+    /// SWIM inserts a new member at a random position of the remaining round.
+    pub(super) fn add_to_probe_order(&mut self, id: NodeId) {
+        let pos = self
+            .rng
+            .random_range(self.probe_index..=self.probe_order.len());
+        self.probe_order.insert(pos, id);
+    }
+
+    /// Up to `count` distinct live members other than `except`, chosen at random.
+    pub(super) fn random_live(&mut self, count: usize, except: Option<&NodeId>) -> Vec<NodeId> {
+        let eligible = |s: &Self, id: &NodeId| {
+            Some(id) != except && s.members.get(id).is_some_and(|r| r.member.state.is_live())
+        };
+        let mut out: Vec<NodeId> = Vec::with_capacity(count);
+        if count == 0 {
+            return out;
+        }
+        if self.probe_order.len() <= 4 * count + 4 {
+            let mut all: Vec<NodeId> = self
+                .members
+                .keys()
+                .filter(|id| eligible(self, id))
+                .cloned()
+                .collect();
+            all.shuffle(&mut self.rng);
+            all.truncate(count);
+            return all;
+        }
+        for _ in 0..(8 * count + 8) {
+            let i = self.rng.random_range(0..self.probe_order.len());
+            let id = &self.probe_order[i];
+            if eligible(self, id) && !out.contains(id) {
+                out.push(id.clone());
+                if out.len() == count {
+                    break;
+                }
+            }
+        }
+        out
+    }
+
+    /// Lifeguard's buddy system: a ping to a suspect carries the suspicion, so the suspect
+    /// can refute at once.
+    pub(super) fn buddy_update(&self, target: &NodeId) -> Option<Update> {
+        if !self.config.lifeguard {
+            return None;
+        }
+        let r = self.members.get(target)?;
+        (r.member.state == MemberState::Suspect).then(|| Update::Suspect {
+            id: target.clone(),
+            incarnation: r.member.incarnation,
+            accuser: self.me.id.clone(),
+        })
+    }
+}
