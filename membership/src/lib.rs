@@ -17,7 +17,7 @@
 //! Tests: unit tests per protocol rule next to the code (`swim/tests.rs`), property tests for
 //! the codec, the ring CRDT, ring balance and movement, and seeded simulations
 //! (`tests/sim.rs`: convergence under random faults that stop). The benchmark
-//! (`cargo bench -p shoal-membership --bench swim`, see `BENCHMARKS.md`) compares this SWIM
+//! (`cargo bench -p shoal-membership --bench swim`, see `docs/benchmarks.md`) compares this SWIM
 //! with foca on the simulated network.
 //!
 //! What this crate does not do: open sockets, read clocks, spawn tasks, or move data. The

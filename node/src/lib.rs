@@ -2,17 +2,19 @@
 //!
 //! Built so far (issue 4: transport and request path):
 //!
-//! - [`identity`]: node ids and client names, and how certificates name them (URI SANs).
-//! - [`tls`]: the cluster CA, node and client certificates (`shoal cert …`), and the rustls
-//!   configurations that enforce mutual TLS: chain to the cluster CA, node id check, client
-//!   certificates never accepted as peers, ALPN per protocol, no 0-RTT, no resumption.
-//! - [`codec`]: stream frames (version byte, kind, length prefix, 4 MiB bound checked before
-//!   allocation) and message bodies; the only place this crate calls bincode.
+//! - [`identity`], [`codec`]: re-exported from `shoal-client`, which holds the one
+//!   implementation both sides use: node ids and client names (URI SANs), stream frames
+//!   (version byte, kind, length prefix, 4 MiB bound checked before allocation) and bincode
+//!   message bodies (the only place bincode is called).
+//! - [`tls`]: certificates, TLS material and the dialing side come from `shoal-client`; this
+//!   crate adds the server side (accepts peers and clients of the cluster CA). Together they
+//!   enforce mutual TLS: chain to the cluster CA, node id check, client certificates never
+//!   accepted as peers, ALPN per protocol, no 0-RTT, no resumption.
 //! - [`transport`]: the [`Transport`] trait (datagrams for SWIM, RPCs with deadlines,
 //!   authenticated senders) with two implementations, [`QuicTransport`] (one UDP port, one
 //!   connection per peer pair) and [`MemoryTransport`] (seeded fault injection for
-//!   simulation), one conformance suite for both; plus [`QuicClient`](transport::QuicClient)
-//!   and the client inbox for client-to-node connections.
+//!   simulation), one conformance suite for both; plus the client inbox for client-to-node
+//!   connections (the dialing side, [`QuicClient`](transport::QuicClient), is `shoal-client`'s).
 //! - [`request`]: the request path as state machines without I/O: sloppy-quorum target
 //!   selection, the [`UpdateCoordinator`](request::UpdateCoordinator) and
 //!   [`GetCoordinator`](request::GetCoordinator) (read repair), quorum errors that say
@@ -21,15 +23,21 @@
 //!   delete only what the target acknowledged).
 //! - [`runtime`]: [`Node`], the async driver over any [`Transport`] and store: SWIM over
 //!   datagrams, the RPC server, one task per client request, the handoff worker, per-peer
-//!   budgets, shutdown through a cancellation token. Its `update`/`get` are the API the client
-//!   service will expose.
-//! - [`cli`]: the `shoal` command line (`cert init|node|client` so far), one module per command
-//!   group.
+//!   budgets, shutdown through a cancellation token. Its `update`/`get` are what the client
+//!   service exposes.
+//! - [`service`]: the client service: answers the client protocol
+//!   ([`shoal_client::protocol`]) on the client inbox with `Node::update`/`get` and the
+//!   routing table.
+//! - [`config`]: the node's TOML configuration (`shoal node start --config FILE`), every key
+//!   documented, unknown keys refused.
+//! - [`cli`]: the `shoal` command line, one module per command group; the data commands
+//!   (`counter`, `set`, `register`, `delete`, `get`) go through the SDK.
 //!
 //! Not built yet: anti-entropy, ring gossip (the ring is the configured member list for now),
-//! the client service, admin and metrics, `node start` and `dev-cluster`. The store is used
+//! admin and metrics. `node start` and `dev-cluster` ([`cli`]) run real processes on
+//! RocksDB (the `rocksdb` feature, on by default). The store is used
 //! through `shoal_storage::Engine<S>` for any `Store`; this crate builds `shoal-storage`
-//! without RocksDB until the binary wires the real store. Its [`NodeId`] is stricter than
+//! with RocksDB only under the `rocksdb` feature. Its [`NodeId`] is stricter than
 //! membership's (it must fit a certificate URI and a file name), so every node id of this
 //! crate is also a valid membership id.
 //!
@@ -39,13 +47,15 @@
 //! update on every primary replica once healed).
 
 pub mod cli;
-pub mod codec;
+pub mod config;
 pub mod handoff;
-pub mod identity;
 pub mod request;
 pub mod runtime;
+pub mod service;
 pub mod tls;
 pub mod transport;
+
+pub use shoal_client::{codec, identity};
 
 pub use identity::{ClientName, Identity, NodeId};
 pub use runtime::{

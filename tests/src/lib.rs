@@ -1,4 +1,65 @@
-//! `shoal-tests`: the cluster harness that runs real `shoal` processes, the chaos suite and the
-//! convergence benchmark.
+//! `shoal-tests`: the cluster harness that runs real `shoal` processes; later the chaos suite
+//! and the convergence benchmark.
 //!
-//! Not built yet: this crate is the subject of issues 4 and 6. It exports nothing so far.
+//! What it offers:
+//!
+//! - [`shoal_bin`]: the path of the `shoal` binary under test.
+//! - [`Process`]: a child process that is killed (SIGKILL, by pid) and reaped when dropped,
+//!   also when a test panics.
+//! - [`DevCluster`]: `shoal dev-cluster` in a temporary directory on free loopback ports,
+//!   with access to each node's pid, config and log; dropping it kills the supervisor and
+//!   every node process it or the test started.
+//! - [`wait_until`]: polls a condition up to a generous deadline; tests never sleep a fixed
+//!   time.
+//!
+//! **Which binary.** `CARGO_BIN_EXE_shoal` exists only for the `shoal-node` package's own
+//! tests, so this crate finds the binary itself: `$SHOAL_BIN` if set, else `shoal` in the
+//! target directory the test executable runs from (`target/debug/deps/…` → `target/debug/shoal`).
+//! `cargo test --workspace` (what `scripts/test` runs) builds it before any test runs; with
+//! `cargo test -p shoal-tests` alone, build it first (`cargo build -p shoal-node --bin shoal`),
+//! or a stale binary is tested.
+
+mod cluster;
+mod process;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+pub use cluster::DevCluster;
+pub use process::{Process, alive, send_signal};
+
+/// The `shoal` binary under test; see the crate docs. Panics with the fix if it is missing.
+pub fn shoal_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("SHOAL_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current test executable");
+    // target/<profile>/deps/<test> → target/<profile>/shoal
+    let path = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join("shoal"))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first with `cargo build -p shoal-node --bin shoal` \
+         (or run `cargo test --workspace`), or set SHOAL_BIN",
+        path.display()
+    );
+    path
+}
+
+/// Polls `condition` every 100 ms until it holds; panics naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -6,8 +6,16 @@
 //!
 //! Adding a command: a module here with an `Args` type (clap `Args`/`Subcommand`) and a
 //! `run(args) -> Result<(), CliError>`, plus one variant in [`Command`].
+//!
+//! `node start` and `dev-cluster` need the `rocksdb` feature (on by default). The layout of a
+//! dev cluster's directory, which `--cluster DIR` reads, is documented in [`dev_cluster`].
 
 mod cert;
+pub mod data;
+#[cfg(feature = "rocksdb")]
+pub mod dev_cluster;
+#[cfg(feature = "rocksdb")]
+pub mod node;
 
 use std::process::ExitCode;
 
@@ -53,12 +61,39 @@ pub enum Command {
     /// Create the cluster CA and node or client certificates.
     #[command(subcommand)]
     Cert(cert::CertCommand),
+    /// Run a node.
+    #[cfg(feature = "rocksdb")]
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Run a local cluster of node processes on loopback (certificates, configs, data and
+    /// logs in one directory); stop it with Ctrl-C.
+    #[cfg(feature = "rocksdb")]
+    DevCluster(dev_cluster::DevClusterArgs),
+    /// Counters: `incr KEY [DELTA]`, `get KEY`.
+    Counter(data::CounterArgs),
+    /// Sets: `add KEY MEMBER...`, `remove KEY MEMBER...`, `get KEY`.
+    Set(data::SetArgs),
+    /// Registers: `put KEY VALUE`, `get KEY`.
+    Register(data::RegisterArgs),
+    /// Delete a key of any type.
+    Delete(data::KeyArgs),
+    /// Print a key of any type.
+    Get(data::KeyArgs),
 }
 
 /// Runs one parsed command.
 pub fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Cert(command) => cert::run(command),
+        #[cfg(feature = "rocksdb")]
+        Command::Node(command) => node::run(command),
+        #[cfg(feature = "rocksdb")]
+        Command::DevCluster(args) => dev_cluster::run(args),
+        Command::Counter(args) => data::run_counter(args),
+        Command::Set(args) => data::run_set(args),
+        Command::Register(args) => data::run_register(args),
+        Command::Delete(args) => data::run_delete(args),
+        Command::Get(args) => data::run_get(args),
     }
 }
 

@@ -8,7 +8,7 @@ use shoal_membership::NodeId as MemberId;
 use shoal_storage::{Engine, MAX_KEY_LEN, Record, Store, Update};
 use tokio::sync::{mpsc, oneshot};
 
-use super::shared::{CallError, Class, InFlight, Shared};
+use super::shared::{CallError, Class, InFlight, Shared, blocking};
 use super::storage_key;
 use crate::request::Selection;
 use crate::request::message::{PeerRequest, PeerResponse, WireOutcome, record_from_wire};
@@ -72,15 +72,17 @@ pub(crate) fn store_replica<S: Store>(
     record: &Record,
     hint_for: Option<&str>,
 ) -> Result<(), String> {
-    engine
-        .merge(partition, key, record)
-        .map_err(|e| e.to_string())?;
-    if let Some(owner) = hint_for {
+    blocking(|| {
         engine
-            .put_hint(owner, partition, key, record)
+            .merge(partition, key, record)
             .map_err(|e| e.to_string())?;
-    }
-    Ok(())
+        if let Some(owner) = hint_for {
+            engine
+                .put_hint(owner, partition, key, record)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    })
 }
 
 /// A forwarded request reached a node that, in its own view of liveness, is not a target of
@@ -178,16 +180,18 @@ async fn drive_update<T: Transport, S: Store>(
     reply: oneshot::Sender<Result<Acknowledged, RequestError>>,
 ) {
     let hint_for = c.local_target().hint_for.clone();
-    let local = match shared.engine.apply(partition, &key, &update) {
+    let local = match blocking(|| shared.engine.apply(partition, &key, &update)) {
         Ok(written) => match written.record {
             Some(record) => {
                 if hint_for.is_some() {
                     shared.metrics.hint_stored();
                 }
                 if let Some(owner) = &hint_for
-                    && let Err(e) = shared
-                        .engine
-                        .put_hint(owner.as_str(), partition, &key, &record)
+                    && let Err(e) = blocking(|| {
+                        shared
+                            .engine
+                            .put_hint(owner.as_str(), partition, &key, &record)
+                    })
                 {
                     tracing::warn!(%id, %owner, error = %e, "coordinator's hint not stored");
                 }
@@ -231,10 +235,11 @@ async fn drive_update<T: Transport, S: Store>(
                 UpdateEffect::StoreHint { owner, record } => {
                     shared.metrics.hint_stored();
                     if owner != shared.local
-                        && let Err(e) =
+                        && let Err(e) = blocking(|| {
                             shared
                                 .engine
                                 .put_hint(owner.as_str(), partition, &key, &record)
+                        })
                     {
                         tracing::warn!(%id, %owner, error = %e, "hint not stored");
                     }
@@ -347,7 +352,7 @@ async fn drive_get<T: Transport, S: Store>(
     reply: oneshot::Sender<Result<GetOutcome, RequestError>>,
 ) {
     let local = shared.local.clone();
-    match shared.engine.get_record(partition, &key) {
+    match blocking(|| shared.engine.get_record(partition, &key)) {
         Ok(record) => c.handle_reply(&local, record),
         Err(e) => c.handle_failure(&local, e.to_string()),
     }

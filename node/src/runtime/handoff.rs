@@ -8,7 +8,7 @@ use shoal_membership::NodeId as MemberId;
 use shoal_storage::Store;
 use tokio::sync::mpsc;
 
-use super::shared::{Class, Shared};
+use super::shared::{Class, Shared, blocking};
 use crate::handoff::{HandoffEffect, HandoffSession};
 use crate::request::message::PeerRequest;
 use crate::transport::Transport;
@@ -35,7 +35,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
                 }
             }
             _ = tick.tick() => {
-                let backlog = match shared.engine.hint_backlog() {
+                let backlog = match blocking(|| shared.engine.hint_backlog()) {
                     Ok(backlog) => backlog,
                     Err(e) => {
                         tracing::warn!(error = %e, "hint backlog unreadable");
@@ -96,9 +96,7 @@ fn pump<T: Transport, S: Store>(
         match effect {
             HandoffEffect::Fetch { after, limit } => {
                 let after = after.as_ref().map(|(p, k)| (*p, k.as_slice()));
-                let page = shared
-                    .engine
-                    .hints(target.as_str(), after, limit)
+                let page = blocking(|| shared.engine.hints(target.as_str(), after, limit))
                     .unwrap_or_else(|e| {
                         tracing::warn!(%target, error = %e, "hints unreadable");
                         Vec::new()
@@ -128,10 +126,11 @@ fn pump<T: Transport, S: Store>(
                 hash,
             } => {
                 shared.metrics.hint_delivered();
-                if let Err(e) = shared
-                    .engine
-                    .remove_hint(target.as_str(), partition, &key, hash)
-                {
+                if let Err(e) = blocking(|| {
+                    shared
+                        .engine
+                        .remove_hint(target.as_str(), partition, &key, hash)
+                }) {
                     tracing::warn!(%target, error = %e, "delivered hint not removed");
                 }
             }

@@ -37,8 +37,10 @@
 //! first target that takes it; a forwarded request is never forwarded again (a node that is
 //! not a target in its own view refuses it, changing nothing).
 //!
-//! Store calls run inline on the runtime: fine for the in-memory store; the RocksDB wiring
-//! will move them to a blocking pool (its writes fsync).
+//! **Store calls** are synchronous (RocksDB writes fsync). Every engine call of the runtime
+//! goes through `shared::blocking`, which on a multi-threaded runtime (the `shoal` binary)
+//! uses `tokio::task::block_in_place` so a slow fsync does not stall the other tasks of its
+//! worker thread, and on a current-thread runtime (simulations, in-memory store) runs inline.
 //!
 //! **Known gap, closed by anti-entropy (next step).** A coordinator hints a target that did
 //! not confirm only when that target fails or at the deadline. If the coordinator crashes
@@ -282,6 +284,11 @@ impl<T: Transport, S: Store> Node<T, S> {
         &self.shared.engine
     }
 
+    /// The node's settings (members and their addresses, N per keyspace).
+    pub fn config(&self) -> &NodeConfig {
+        &self.shared.config
+    }
+
     /// The placement ring.
     pub fn ring(&self) -> &Ring {
         &self.shared.ring
@@ -311,10 +318,7 @@ impl<T: Transport, S: Store> Node<T, S> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        Ok(self
-            .shared
-            .engine
-            .hint_backlog()?
+        Ok(shared::blocking(|| self.shared.engine.hint_backlog())?
             .into_iter()
             .map(|(target, b)| {
                 let oldest_age = b
@@ -347,7 +351,7 @@ impl<T: Transport, S: Store> Node<T, S> {
         }
         self.shared.cancel.cancel();
         self.shared.transport.shutdown().await;
-        if let Err(e) = self.shared.engine.flush() {
+        if let Err(e) = shared::blocking(|| self.shared.engine.flush()) {
             tracing::warn!(error = %e, "flush at shutdown failed");
         }
     }
@@ -367,15 +371,10 @@ impl<T: Transport, S: Store> Node<T, S> {
 /// The storage key of `key` in `keyspace`: `len(keyspace) as u8 ‖ keyspace ‖ key`. Errors for
 /// an empty keyspace name or one over 255 bytes.
 pub fn storage_key(keyspace: &str, key: &[u8]) -> Result<Vec<u8>, RequestError> {
-    if keyspace.is_empty() || keyspace.len() > u8::MAX as usize {
-        return Err(RequestError::Invalid(format!(
+    shoal_client::protocol::storage_key(keyspace, key).ok_or_else(|| {
+        RequestError::Invalid(format!(
             "keyspace name must be 1 to 255 bytes, got {}",
             keyspace.len()
-        )));
-    }
-    let mut out = Vec::with_capacity(1 + keyspace.len() + key.len());
-    out.push(keyspace.len() as u8);
-    out.extend_from_slice(keyspace.as_bytes());
-    out.extend_from_slice(key);
-    Ok(out)
+        ))
+    })
 }

@@ -8,7 +8,7 @@ use shoal_storage::Store;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::coordinate::{self, store_replica};
-use super::shared::Shared;
+use super::shared::{Shared, blocking};
 use crate::request::message::{
     self, PeerRequest, PeerResponse, WireFailure, WireOutcome, record_from_wire,
 };
@@ -98,11 +98,11 @@ async fn serve<T: Transport, S: Store>(
             .map_err(|e| e.to_string())
             .and_then(|record| store_replica(&shared.engine, partition, &key, &record, None))
             .map(|()| PeerResponse::Stored),
-        PeerRequest::Read { partition, key, .. } => shared
-            .engine
-            .get_record(partition, &key)
-            .map(|r| PeerResponse::Record(r.map(|r| r.as_bytes().to_vec())))
-            .map_err(|e| e.to_string()),
+        PeerRequest::Read { partition, key, .. } => {
+            blocking(|| shared.engine.get_record(partition, &key))
+                .map(|r| PeerResponse::Record(r.map(|r| r.as_bytes().to_vec())))
+                .map_err(|e| e.to_string())
+        }
         PeerRequest::ForwardUpdate {
             keyspace,
             key,

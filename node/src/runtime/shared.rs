@@ -328,6 +328,21 @@ fn id_prefix(local: &str) -> u64 {
     mixed & !0xffff_ffff
 }
 
+/// Runs a store call without stalling the runtime: RocksDB writes fsync, so on a
+/// multi-threaded runtime (the `shoal` binary) the call runs through
+/// [`block_in_place`](tokio::task::block_in_place), which moves this worker's other tasks to
+/// another thread while it blocks. On a current-thread runtime (simulations, in-memory store)
+/// `block_in_place` is not allowed and the call runs inline, which costs nothing there.
+///
+/// Used around every engine call of the runtime; the calls stay synchronous and borrow their
+/// arguments, so no copies are made for a blocking pool.
+pub(crate) fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 fn read<V>(lock: &RwLock<V>) -> std::sync::RwLockReadGuard<'_, V> {
     // Plain maps stay consistent even if a holder panicked.
     lock.read().unwrap_or_else(|e| e.into_inner())

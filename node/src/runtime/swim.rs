@@ -130,7 +130,21 @@ fn on_event<T: Transport, S: Store>(shared: &Shared<T, S>, event: Event) {
         Event::Dead(m) => (m, MemberState::Dead),
         Event::Left(m) => (m, MemberState::Left),
     };
-    tracing::debug!(node = %shared.local, ?event, "membership");
+    // Membership changes are rare and what an operator reads first: info level, one line.
+    let change = match &event {
+        Event::Up(_) => "up",
+        Event::Recovered(_) => "recovered",
+        Event::MetadataChanged(_) => "metadata changed",
+        Event::Suspect(_) => "suspect",
+        Event::Dead(_) => "dead",
+        Event::Left(_) => "left",
+    };
+    tracing::info!(
+        member = %member.id,
+        addr = %member.meta.addr,
+        incarnation = member.incarnation,
+        "member {change}"
+    );
     if let Ok(id) = NodeId::new(member.id.as_str()) {
         shared.learn_peer(
             member.id.clone(),

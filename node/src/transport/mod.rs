@@ -11,7 +11,7 @@
 //!   no connection to the peer yet, one is dialed in the background and the datagram follows
 //!   it (or is dropped if that dial fails, as UDP would).
 //! - **RPCs** ([`Transport::rpc`]): one request, one response, each at most
-//!   [`MAX_FRAME_LEN`] bytes, with a deadline. On QUIC each RPC has its own bidirectional
+//!   [`MAX_FRAME_LEN`](crate::codec::MAX_FRAME_LEN) bytes, with a deadline. On QUIC each RPC has its own bidirectional
 //!   stream, so a slow RPC never blocks another.
 //!
 //! Incoming traffic arrives on the bounded queues of an [`Inbox`] (one per transport). When a
@@ -64,15 +64,16 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::codec::{CodecError, MAX_FRAME_LEN};
 use crate::identity::NodeId;
 
 pub use memory::{FaultConfig, MemoryNetwork, MemoryTransport};
 pub use quic::{
-    BindError, CLOSE_DUPLICATE, CLOSE_FORBIDDEN, CLOSE_SHUTDOWN, MIN_MTU, QuicConfig,
-    QuicTransport, STREAM_MALFORMED, STREAM_UNANSWERED,
+    BindError, CLOSE_DUPLICATE, CLOSE_FORBIDDEN, MIN_MTU, QuicConfig, QuicTransport,
+    STREAM_MALFORMED, STREAM_UNANSWERED,
 };
-pub use quic_client::{ClientInbox, ClientRpc, QuicClient};
+pub use quic_client::{ClientInbox, ClientRpc};
+pub use shoal_client::transport::CLOSE_SHUTDOWN;
+pub use shoal_client::transport::{QuicClient, TransportError, check_request};
 
 /// Largest datagram payload, in bytes. QUIC is configured so that a datagram this large always
 /// fits one packet (see [`QuicConfig`]).
@@ -112,13 +113,13 @@ pub struct Datagram {
 pub struct IncomingRpc {
     /// Who sent it.
     pub from: Peer,
-    /// The request bytes, at most [`MAX_FRAME_LEN`].
+    /// The request bytes, at most [`MAX_FRAME_LEN`](crate::codec::MAX_FRAME_LEN).
     pub request: Bytes,
     responder: Responder,
 }
 
 impl IncomingRpc {
-    /// Sends `response` (at most [`MAX_FRAME_LEN`] bytes; a larger one reaches the caller as a
+    /// Sends `response` (at most [`MAX_FRAME_LEN`](crate::codec::MAX_FRAME_LEN) bytes; a larger one reaches the caller as a
     /// rejection).
     pub fn respond(self, response: Bytes) {
         self.responder.send(Ok(response));
@@ -220,66 +221,6 @@ impl InboxSender {
     }
 }
 
-/// A send or RPC failed. Each variant says whether the request may have reached the peer; see
-/// [`may_have_taken_effect`](Self::may_have_taken_effect).
-#[derive(Debug, thiserror::Error)]
-pub enum TransportError {
-    /// The datagram is larger than [`MAX_DATAGRAM_LEN`]; nothing was sent.
-    #[error("datagram of {len} bytes exceeds the limit of {max} bytes")]
-    DatagramTooLarge {
-        /// Its length, in bytes.
-        len: usize,
-        /// The limit, in bytes.
-        max: usize,
-    },
-    /// The request is larger than [`MAX_FRAME_LEN`]; nothing was sent.
-    #[error("request of {len} bytes exceeds the limit of {max} bytes")]
-    RequestTooLarge {
-        /// Its length, in bytes.
-        len: usize,
-        /// The limit, in bytes.
-        max: usize,
-    },
-    /// No authenticated connection to the peer could be made (down, wrong address, wrong
-    /// certificate, partitioned); nothing was sent. Retrying later may help.
-    #[error("{peer} unreachable: {reason}")]
-    Unreachable {
-        /// Who (node id or address).
-        peer: String,
-        /// Why.
-        reason: String,
-    },
-    /// The deadline passed before an answer came. The request may have been served.
-    #[error("no answer within {0:?}")]
-    Timeout(Duration),
-    /// The connection failed after the request may have been sent. It may have been served.
-    #[error("connection lost: {0}")]
-    ConnectionLost(String),
-    /// The peer answered that it did not serve the request (e.g. [`OVERLOADED`]).
-    #[error("rejected by peer: {0}")]
-    Rejected(String),
-    /// The response was not a valid frame. The request may have been served.
-    #[error("bad response: {0}")]
-    BadResponse(#[from] CodecError),
-    /// This transport was shut down (or, in memory, its node removed); nothing was sent.
-    #[error("transport is shut down")]
-    Closed,
-}
-
-impl TransportError {
-    /// Whether the peer may have acted on the request: `false` only when it surely was not
-    /// delivered (or was explicitly rejected), so an RPC that fails with `true` has an unknown
-    /// outcome and must not be reported as a plain failure.
-    pub fn may_have_taken_effect(&self) -> bool {
-        matches!(
-            self,
-            TransportError::Timeout(_)
-                | TransportError::ConnectionLost(_)
-                | TransportError::BadResponse(_)
-        )
-    }
-}
-
 /// Node-to-node messaging, as the node runtime sees it. Implemented by [`QuicTransport`] and
 /// [`MemoryTransport`]; cheap to clone (clones share one endpoint).
 ///
@@ -312,16 +253,6 @@ pub trait Transport: Clone + Send + Sync + 'static {
 
     /// Stops sending and receiving; in-flight RPCs fail. Idempotent.
     fn shutdown(&self) -> impl Future<Output = ()> + Send;
-}
-
-pub(crate) fn check_request(request: &Bytes) -> Result<(), TransportError> {
-    if request.len() > MAX_FRAME_LEN {
-        return Err(TransportError::RequestTooLarge {
-            len: request.len(),
-            max: MAX_FRAME_LEN,
-        });
-    }
-    Ok(())
 }
 
 pub(crate) fn check_datagram(payload: &Bytes) -> Result<(), TransportError> {

@@ -34,9 +34,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use quinn::crypto::rustls::{HandshakeData, QuicClientConfig, QuicServerConfig};
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
-use rustls::pki_types::CertificateDer;
+use shoal_client::transport::{CLOSE_SHUTDOWN, authenticated, exchange, unreachable};
 use tokio::sync::{mpsc, oneshot};
 
 use super::quic_client::{ClientInbox, ClientRpc};
@@ -44,16 +44,14 @@ use super::{
     Datagram, Inbox, InboxSender, OVERLOADED, Peer, Responder, Transport, TransportError,
     check_datagram, check_request,
 };
-use crate::codec::{CodecError, FrameKind, MAX_FRAME_LEN, read_frame, write_frame};
+use crate::codec::{FrameKind, MAX_FRAME_LEN, read_frame, write_frame};
 use crate::identity::{Identity, NODE_DNS_NAME, NodeId};
 use crate::tls::{
-    ALPN_CLIENT, ALPN_PEER, TlsError, TlsMaterial, identity_of, peer_client_config, server_config,
+    ALPN_CLIENT, ALPN_PEER, TlsError, TlsMaterial, peer_client_config, server_config,
 };
 
 /// Smallest UDP payload every path must carry, in bytes.
 pub const MIN_MTU: u16 = 1280;
-/// Connection close code: the endpoint is shutting down.
-pub const CLOSE_SHUTDOWN: u32 = 0;
 /// Connection close code: a duplicate connection lost the tie-break.
 pub const CLOSE_DUPLICATE: u32 = 1;
 /// Connection close code: the certificate may not speak the negotiated protocol.
@@ -214,29 +212,6 @@ impl std::fmt::Debug for QuicTransport {
     }
 }
 
-pub(super) fn unreachable(peer: impl ToString, reason: impl ToString) -> TransportError {
-    TransportError::Unreachable {
-        peer: peer.to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-/// The ALPN and the certificate identity of an established connection.
-pub(super) fn authenticated(conn: &Connection) -> Result<(Vec<u8>, Identity), String> {
-    let alpn = conn
-        .handshake_data()
-        .and_then(|data| data.downcast::<HandshakeData>().ok())
-        .and_then(|data| data.protocol)
-        .ok_or("no ALPN protocol")?;
-    let certs = conn
-        .peer_identity()
-        .and_then(|certs| certs.downcast::<Vec<CertificateDer<'static>>>().ok())
-        .ok_or("no peer certificate")?;
-    let leaf = certs.first().ok_or("empty certificate chain")?;
-    let identity = identity_of(leaf).map_err(|e| e.to_string())?;
-    Ok((alpn, identity))
-}
-
 impl QuicTransport {
     /// Binds the node's UDP port and starts accepting connections. `material` must be node
     /// material. Returns the transport, its peer inbox and its client inbox.
@@ -339,31 +314,6 @@ impl QuicTransport {
             .await
             .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
         exchange(&mut send, &mut recv, &request).await
-    }
-}
-
-/// Sends one request frame on a fresh stream and reads the response frame.
-pub(super) async fn exchange(
-    send: &mut SendStream,
-    recv: &mut RecvStream,
-    request: &[u8],
-) -> Result<Bytes, TransportError> {
-    write_frame(send, FrameKind::Request, request)
-        .await
-        .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
-    let _ = send.finish();
-    match read_frame(recv, MAX_FRAME_LEN).await {
-        Ok((FrameKind::Response, payload)) => Ok(Bytes::from(payload)),
-        Ok((FrameKind::Error, reason)) => Err(TransportError::Rejected(
-            String::from_utf8_lossy(&reason).into_owned(),
-        )),
-        Ok((FrameKind::Request, _)) => Err(TransportError::BadResponse(CodecError::Decode(
-            "request frame in response".into(),
-        ))),
-        Err(e @ (CodecError::Io(_) | CodecError::Truncated | CodecError::Eof)) => {
-            Err(TransportError::ConnectionLost(e.to_string()))
-        }
-        Err(e) => Err(TransportError::BadResponse(e)),
     }
 }
 

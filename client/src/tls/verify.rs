@@ -6,8 +6,7 @@ use std::sync::Arc;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError};
 use x509_parser::extensions::GeneralName;
 
 use crate::identity::{Identity, NODE_DNS_NAME, NodeId};
@@ -70,7 +69,8 @@ pub(crate) fn identity_of_pem(pem: &str) -> Result<Identity, IdentityError> {
     identity_of(&der)
 }
 
-fn reject(error: IdentityError) -> rustls::Error {
+/// A handshake error carrying `error`.
+pub fn reject(error: IdentityError) -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(error))))
 }
 
@@ -81,13 +81,14 @@ fn reject(error: IdentityError) -> rustls::Error {
 /// The TLS server name is ignored: all node certificates carry the same DNS SAN
 /// ([`NODE_DNS_NAME`]), which is what the wrapped WebPKI verifier checks.
 #[derive(Debug)]
-pub(crate) struct NodeServerVerifier {
+pub struct NodeServerVerifier {
     inner: Arc<WebPkiServerVerifier>,
     expected: Option<NodeId>,
 }
 
 impl NodeServerVerifier {
-    pub(crate) fn new(inner: Arc<WebPkiServerVerifier>, expected: Option<NodeId>) -> Self {
+    /// Wraps `inner` (which checks the chain); `expected`: the node id the dialer means to reach.
+    pub fn new(inner: Arc<WebPkiServerVerifier>, expected: Option<NodeId>) -> Self {
         Self { inner, expected }
     }
 }
@@ -115,69 +116,6 @@ impl ServerCertVerifier for NodeServerVerifier {
             (Identity::Node(_), _) => Ok(ServerCertVerified::assertion()),
             (Identity::Client(_), _) => Err(reject(IdentityError::NotANode { found })),
         }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// Verifies the certificate of whoever connects to this node: the chain must lead to the
-/// cluster CA and the certificate must name a Shoal node or client. Client authentication is
-/// mandatory. Whether that identity may speak the negotiated ALPN protocol is checked by the
-/// transport after the handshake (see the [module docs](super)).
-#[derive(Debug)]
-pub(crate) struct ClusterClientVerifier {
-    inner: Arc<dyn ClientCertVerifier>,
-}
-
-impl ClusterClientVerifier {
-    pub(crate) fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
-        Self { inner }
-    }
-}
-
-impl ClientCertVerifier for ClusterClientVerifier {
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        identity_of(end_entity).map_err(reject)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    fn offer_client_auth(&self) -> bool {
-        true
     }
 
     fn verify_tls12_signature(

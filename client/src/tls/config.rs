@@ -7,16 +7,17 @@ use rustls::client::{Resumption, WebPkiServerVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::{ClientConfig, RootCertStore};
 
 use super::certs::{ClusterCa, IssuedCert, ca_cert_path, identity_paths, read_string};
-use super::verify::{ClusterClientVerifier, NodeServerVerifier, identity_of};
+use super::verify::{NodeServerVerifier, identity_of};
 use super::{ALPN_CLIENT, ALPN_PEER, TlsError};
 use crate::identity::{ClientName, Identity, NodeId};
 
-fn provider() -> Arc<CryptoProvider> {
+/// The crypto provider of every Shoal TLS configuration (ring).
+pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
@@ -56,9 +57,9 @@ impl TlsMaterial {
     }
 
     /// Like [`from_pem`](Self::from_pem) but accepts a certificate of another CA, to test
-    /// that peers refuse it.
-    #[cfg(test)]
-    pub(crate) fn from_pem_unchecked(
+    /// that peers refuse it (tests only).
+    #[doc(hidden)]
+    pub fn from_pem_unchecked(
         ca_pem: &str,
         cert_pem: &str,
         key_pem: &str,
@@ -169,7 +170,24 @@ impl TlsMaterial {
         }
     }
 
-    fn require_node(&self, role: &str) -> Result<(), TlsError> {
+    /// The certificate chain, leaf first (for building a node's server configuration).
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.inner.chain
+    }
+
+    /// The private key (for building a node's server configuration). Secret.
+    pub fn key(&self) -> &PrivateKeyDer<'static> {
+        &self.inner.key
+    }
+
+    /// rustls' WebPKI verifier of client certificates against the cluster CA, which a node's
+    /// server side wraps with Shoal's identity rules.
+    pub fn client_verifier(&self) -> Arc<dyn ClientCertVerifier> {
+        self.inner.client_verifier.clone()
+    }
+
+    /// Errors with [`TlsError::Role`] unless this is node material.
+    pub fn require_node(&self, role: &str) -> Result<(), TlsError> {
         match self.node_id() {
             Some(_) => Ok(()),
             None => Err(TlsError::Role(format!(
@@ -196,26 +214,10 @@ fn tls13_client(
     Ok(config)
 }
 
-/// The server side of a node: accepts peers and clients of the cluster CA (mandatory client
-/// certificates), offers both ALPN protocols, no 0-RTT, no resumption.
-pub(crate) fn server_config(material: &TlsMaterial) -> Result<ServerConfig, TlsError> {
-    material.require_node("a server")?;
-    let verifier = ClusterClientVerifier::new(material.inner.client_verifier.clone());
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(material.inner.chain.clone(), material.inner.key.clone_key())?;
-    config.alpn_protocols = vec![ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()];
-    config.max_early_data_size = 0;
-    config.send_tls13_tickets = 0;
-    config.session_storage = Arc::new(NoServerSessionStorage {});
-    Ok(config)
-}
-
 /// The dialing side of a node-to-node connection. With `expected` set, the handshake fails
 /// unless the server's certificate names that node; without it any node of the cluster is
 /// accepted (dialing a seed by address).
-pub(crate) fn peer_client_config(
+pub fn peer_client_config(
     material: &TlsMaterial,
     expected: Option<NodeId>,
 ) -> Result<ClientConfig, TlsError> {
@@ -225,14 +227,15 @@ pub(crate) fn peer_client_config(
 }
 
 /// The dialing side of a client-to-node connection (SDK, CLI): any node of the cluster.
-pub(crate) fn client_config(material: &TlsMaterial) -> Result<ClientConfig, TlsError> {
+pub fn client_config(material: &TlsMaterial) -> Result<ClientConfig, TlsError> {
     let verifier = NodeServerVerifier::new(material.inner.server_verifier.clone(), None);
     tls13_client(material, verifier, ALPN_CLIENT)
 }
 
-/// A client configuration with any material and any ALPN, to test what servers refuse.
-#[cfg(test)]
-pub(crate) fn client_config_with_alpn(
+/// A client configuration with any material and any ALPN, to test what servers refuse
+/// (tests only).
+#[doc(hidden)]
+pub fn client_config_with_alpn(
     material: &TlsMaterial,
     alpn: &[u8],
 ) -> Result<ClientConfig, TlsError> {
@@ -245,19 +248,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn configs_forbid_early_data_and_resumption_and_set_alpn() {
+    fn dialing_configs_forbid_early_data_and_resumption_and_set_alpn() {
         let ca = ClusterCa::generate().unwrap();
         let node = ca
             .issue(&Identity::Node(NodeId::new("n1").unwrap()))
             .unwrap();
         let node = TlsMaterial::from_issued(&ca, &node).unwrap();
-        let server = server_config(&node).unwrap();
-        assert_eq!(server.max_early_data_size, 0);
-        assert_eq!(server.send_tls13_tickets, 0);
-        assert_eq!(
-            server.alpn_protocols,
-            [ALPN_PEER.to_vec(), ALPN_CLIENT.to_vec()]
-        );
         let peer = peer_client_config(&node, None).unwrap();
         assert!(!peer.enable_early_data);
         assert_eq!(peer.alpn_protocols, [ALPN_PEER.to_vec()]);
@@ -270,14 +266,12 @@ mod tests {
             .issue(&Identity::Client(ClientName::new("app").unwrap()))
             .unwrap();
         let app = TlsMaterial::from_issued(&ca, &app).unwrap();
-        assert!(matches!(server_config(&app), Err(TlsError::Role(_))));
         assert!(matches!(
             peer_client_config(&app, None),
             Err(TlsError::Role(_))
         ));
         assert!(client_config(&app).is_ok());
     }
-
     #[test]
     fn mismatched_key_or_garbage_pem_is_an_error() {
         let ca = ClusterCa::generate().unwrap();

@@ -1,0 +1,619 @@
+//! [`Client`]: routing each request to a live replica of its key, deadlines, retries with
+//! backoff and jitter, failover along the preference list.
+//!
+//! # Routing
+//!
+//! At [`build`](ClientBuilder::build) the client fetches the routing table
+//! ([`RingInfo`]) from the first seed that answers, and refreshes it in the background once it
+//! is older than [`ClientConfig::ring_refresh`] or after a failed attempt. A request for a key
+//! goes to the first node of the key's preference list that the table marks live; later
+//! attempts walk the rest of the list (live nodes first, then the others). Without a table
+//! (no seed answered yet) requests go to the seeds.
+//!
+//! # Retries: a counter increment is never applied twice
+//!
+//! Every request has one deadline (its timeout); attempts, backoff and connecting all count
+//! against it. An attempt is retried on another node only when its outcome is known to be
+//! "nothing happened": the connection could not be made, the node refused the request
+//! before acting ([`WireOutcome::Failed`]: unavailable, overloaded, quorum not reached with
+//! nothing persisted). When an update may have been delivered — the deadline passed, the
+//! connection broke mid-request, the node answered [`WireOutcome::Unknown`] — it is retried
+//! only if applying it twice equals applying it once (set adds and removes); any other update
+//! (a counter increment, a register put, a delete, a map update) is reported as
+//! [`Error::Unknown`]. Gets are always retried.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::Rng;
+use shoal_membership::Partitioner;
+use shoal_storage::{MapOp, Update};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::protocol::{
+    self, ClientRequest, ClientResponse, ErrorCode, GetReply, GetRequest, OpId, RingInfo,
+    UpdateRequest, WireOutcome,
+};
+use crate::tls::TlsMaterial;
+use crate::transport::{QuicClient, TransportError};
+
+/// Settings of a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// Default read quorum. Default 2.
+    pub r: u32,
+    /// Default write quorum. Default 2.
+    pub w: u32,
+    /// Default deadline of one request, attempts and backoff included. Default 5 s.
+    pub timeout: Duration,
+    /// Longest wait for one connection handshake. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Most attempts per request. Default 4.
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubles per attempt, with full jitter between half
+    /// and all of it. Default 20 ms.
+    pub backoff: Duration,
+    /// Longest backoff. Default 500 ms.
+    pub max_backoff: Duration,
+    /// Age after which the routing table is refreshed (in the background). Default 2 s.
+    pub ring_refresh: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            r: 2,
+            w: 2,
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+            max_attempts: 4,
+            backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(500),
+            ring_refresh: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Per-request settings; `None` uses the client's default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestOptions {
+    /// Read quorum.
+    pub r: Option<u32>,
+    /// Write quorum.
+    pub w: Option<u32>,
+    /// Deadline of the whole request.
+    pub timeout: Option<Duration>,
+}
+
+/// Builds a [`Client`]: `Client::builder().seeds(..).tls(..).build().await`.
+#[derive(Debug, Default)]
+pub struct ClientBuilder {
+    seeds: Vec<SocketAddr>,
+    tls: Option<TlsMaterial>,
+    config: ClientConfig,
+}
+
+impl ClientBuilder {
+    /// Addresses of nodes to fetch the routing table from (any node of the cluster will do).
+    pub fn seeds(mut self, seeds: impl IntoIterator<Item = SocketAddr>) -> Self {
+        self.seeds.extend(seeds);
+        self
+    }
+
+    /// The client's certificate material (see [`TlsMaterial::load_client`]).
+    pub fn tls(mut self, material: TlsMaterial) -> Self {
+        self.tls = Some(material);
+        self
+    }
+
+    /// All settings at once.
+    pub fn config(mut self, config: ClientConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Connects to the first seed that answers and fetches the routing table.
+    ///
+    /// Errors: [`Error::Invalid`] without seeds or TLS material, [`Error::NoCluster`] if no
+    /// seed answered within [`ClientConfig::timeout`].
+    pub async fn build(self) -> Result<Client, Error> {
+        if self.seeds.is_empty() {
+            return Err(Error::Invalid("no seed addresses".into()));
+        }
+        let tls = self
+            .tls
+            .ok_or_else(|| Error::Invalid("no TLS material".into()))?;
+        let client = Client {
+            inner: Arc::new(Inner {
+                tls,
+                seeds: self.seeds,
+                config: self.config,
+                routing: RwLock::new(None),
+                conns: Mutex::new(HashMap::new()),
+                refreshing: std::sync::atomic::AtomicBool::new(false),
+            }),
+        };
+        let deadline = Instant::now() + client.inner.config.timeout;
+        client
+            .inner
+            .refresh_ring(deadline)
+            .await
+            .map_err(Error::NoCluster)?;
+        Ok(client)
+    }
+}
+
+/// The routing table with its partitioner and when it was fetched.
+#[derive(Debug)]
+struct Routing {
+    info: RingInfo,
+    partitioner: Partitioner,
+    fetched: Instant,
+}
+
+#[derive(Debug)]
+struct Inner {
+    tls: TlsMaterial,
+    seeds: Vec<SocketAddr>,
+    config: ClientConfig,
+    routing: RwLock<Option<Arc<Routing>>>,
+    conns: Mutex<HashMap<SocketAddr, Arc<QuicClient>>>,
+    refreshing: std::sync::atomic::AtomicBool,
+}
+
+/// A connection pool to a Shoal cluster, routing each request to a replica of its key.
+/// Cheap to clone (clones share connections and the routing table).
+///
+/// Use the typed handles: [`counter`](Self::counter), [`set`](Self::set),
+/// [`register`](Self::register), [`map`](Self::map), and [`key`](Self::key) for any type.
+///
+/// ```no_run
+/// use std::path::Path;
+///
+/// use shoal_client::identity::ClientName;
+/// use shoal_client::tls::TlsMaterial;
+/// use shoal_client::Client;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let tls = TlsMaterial::load_client(Path::new("cluster/tls"), &ClientName::new("dev")?)?;
+/// let client = Client::builder()
+///     .seeds(["127.0.0.1:7100".parse()?])
+///     .tls(tls)
+///     .build()
+///     .await?;
+/// client.counter("visits").incr(1).await?;
+/// assert!(client.counter("visits").get().await? >= 1);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+/// What kind of request, for the retry rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    /// Retried whatever happened to an earlier attempt (gets, idempotent updates).
+    Always,
+    /// Retried only after attempts known to have done nothing.
+    OnlyIfNothingHappened,
+}
+
+fn retry_rule(update: &Update) -> Retry {
+    match update {
+        Update::Set(_) | Update::Map(MapOp::Set { .. }) => Retry::Always,
+        _ => Retry::OnlyIfNothingHappened,
+    }
+}
+
+/// What one attempt ended with.
+enum Attempt {
+    Done(ClientResponse),
+    /// Nothing happened; try another node.
+    NothingHappened(Option<ErrorCode>, String),
+    /// It may have taken effect.
+    MayHaveHappened(String),
+    /// Stop: the request itself is bad (nothing happened).
+    Fatal(Error),
+}
+
+impl Client {
+    /// Starts building a client.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// The client's settings.
+    pub fn config(&self) -> &ClientConfig {
+        &self.inner.config
+    }
+
+    /// The current routing table.
+    pub fn ring(&self) -> Option<RingInfo> {
+        self.inner.routing().map(|r| r.info.clone())
+    }
+
+    /// Fetches the routing table now (from the live nodes it lists, else the seeds).
+    pub async fn refresh_ring(&self) -> Result<RingInfo, Error> {
+        let deadline = Instant::now() + self.inner.config.timeout;
+        self.inner
+            .refresh_ring(deadline)
+            .await
+            .map_err(Error::NoCluster)?;
+        Ok(self.ring().expect("just fetched"))
+    }
+
+    /// Applies `update` to `key` of `keyspace`: `Ok` once W replicas persisted it. See the
+    /// [module docs](self) for retries. Returns the number of replicas that had persisted it.
+    #[tracing::instrument(level = "debug", skip(self, key, update, options))]
+    pub async fn update(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        update: Update,
+        options: &RequestOptions,
+    ) -> Result<u32, Error> {
+        let rule = retry_rule(&update);
+        let request = ClientRequest::Update(UpdateRequest {
+            op: OpId::random(),
+            keyspace: keyspace.to_owned(),
+            key: key.to_vec(),
+            update,
+            w: options.w.unwrap_or(self.inner.config.w),
+            timeout_ms: 0,
+        });
+        match self.execute(keyspace, key, request, rule, options).await? {
+            ClientResponse::Updated { acks } => Ok(acks),
+            other => Err(Error::Unknown {
+                message: format!("unexpected answer to an update: {other:?}"),
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// Reads `key` of `keyspace` from R replicas, merged.
+    #[tracing::instrument(level = "debug", skip(self, key, options))]
+    pub async fn get(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        options: &RequestOptions,
+    ) -> Result<GetReply, Error> {
+        let request = ClientRequest::Get(GetRequest {
+            keyspace: keyspace.to_owned(),
+            key: key.to_vec(),
+            r: options.r.unwrap_or(self.inner.config.r),
+            timeout_ms: 0,
+        });
+        match self
+            .execute(keyspace, key, request, Retry::Always, options)
+            .await?
+        {
+            ClientResponse::Got(reply) => Ok(reply),
+            other => Err(Error::Failed {
+                code: None,
+                message: format!("unexpected answer to a get: {other:?}"),
+                attempts: 1,
+            }),
+        }
+    }
+
+    async fn execute(
+        &self,
+        keyspace: &str,
+        key: &[u8],
+        mut request: ClientRequest,
+        rule: Retry,
+        options: &RequestOptions,
+    ) -> Result<ClientResponse, Error> {
+        let storage_key = protocol::storage_key(keyspace, key).ok_or_else(|| {
+            Error::Invalid(format!(
+                "keyspace name must be 1 to {} bytes, got {}",
+                protocol::MAX_KEYSPACE_LEN,
+                keyspace.len()
+            ))
+        })?;
+        let config = &self.inner.config;
+        let timeout = options.timeout.unwrap_or(config.timeout);
+        let deadline = Instant::now() + timeout;
+        let candidates = self.inner.candidates(&storage_key);
+        let mut last = (None, String::from("no node to send to"));
+        let mut unknown: Option<String> = None;
+        let mut attempts = 0;
+        while attempts < config.max_attempts.max(1) && !candidates.is_empty() {
+            let addr = candidates[attempts as usize % candidates.len()];
+            if attempts > 0 {
+                let pause = backoff(config, attempts);
+                if Instant::now() + pause >= deadline {
+                    break;
+                }
+                tokio::time::sleep(pause).await;
+            }
+            attempts += 1;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            // The node gets most of the remaining time, so its answer arrives before ours ends.
+            let node_budget = remaining.mul_f64(0.9).max(Duration::from_millis(1));
+            set_timeout(&mut request, node_budget);
+            match self.attempt(addr, &request, remaining).await {
+                Attempt::Done(response) => return Ok(response),
+                Attempt::Fatal(e) => return Err(e),
+                Attempt::NothingHappened(code, message) => {
+                    tracing::debug!(%addr, %message, "attempt failed; nothing happened");
+                    last = (code, message);
+                }
+                Attempt::MayHaveHappened(message) => {
+                    tracing::debug!(%addr, %message, "attempt may have taken effect");
+                    if rule == Retry::OnlyIfNothingHappened {
+                        return Err(Error::Unknown { message, attempts });
+                    }
+                    unknown = Some(message);
+                }
+            }
+            self.inner.refresh_in_background();
+        }
+        match unknown {
+            // An idempotent update that may have been applied: still unknown.
+            Some(message) if matches!(request, ClientRequest::Update(_)) => {
+                Err(Error::Unknown { message, attempts })
+            }
+            _ => Err(Error::Failed {
+                code: last.0,
+                message: if attempts == 0 {
+                    format!("no attempt within {timeout:?}: {}", last.1)
+                } else {
+                    last.1
+                },
+                attempts,
+            }),
+        }
+    }
+
+    async fn attempt(
+        &self,
+        addr: SocketAddr,
+        request: &ClientRequest,
+        within: Duration,
+    ) -> Attempt {
+        let bytes = match protocol::encode_request(request) {
+            Ok(bytes) => Bytes::from(bytes),
+            Err(e) => return Attempt::Fatal(Error::Invalid(e.to_string())),
+        };
+        let started = Instant::now();
+        let conn = match self.inner.connection(addr, within).await {
+            Ok(conn) => conn,
+            Err(e) => return Attempt::NothingHappened(None, e.to_string()),
+        };
+        let within = within.saturating_sub(started.elapsed());
+        let answer = match conn.rpc(bytes, within).await {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.inner.forget(addr, &conn);
+                return if e.may_have_taken_effect() {
+                    Attempt::MayHaveHappened(e.to_string())
+                } else {
+                    Attempt::NothingHappened(None, e.to_string())
+                };
+            }
+        };
+        match protocol::decode_response(&answer) {
+            Ok(ClientResponse::Error(reply)) => match (reply.outcome, reply.code) {
+                (WireOutcome::Unknown, _) => Attempt::MayHaveHappened(reply.message),
+                (WireOutcome::Failed, ErrorCode::Invalid) => {
+                    Attempt::Fatal(Error::Invalid(reply.message))
+                }
+                (WireOutcome::Failed, ErrorCode::Storage) => Attempt::Fatal(Error::Failed {
+                    code: Some(ErrorCode::Storage),
+                    message: reply.message,
+                    attempts: 1,
+                }),
+                (WireOutcome::Failed, code) => Attempt::NothingHappened(Some(code), reply.message),
+            },
+            Ok(response) => Attempt::Done(response),
+            Err(e) => Attempt::MayHaveHappened(format!("undecodable answer: {e}")),
+        }
+    }
+}
+
+fn set_timeout(request: &mut ClientRequest, budget: Duration) {
+    let ms = budget.as_millis().clamp(1, u64::MAX as u128) as u64;
+    match request {
+        ClientRequest::Update(r) => r.timeout_ms = ms,
+        ClientRequest::Get(r) => r.timeout_ms = ms,
+        ClientRequest::Ring => {}
+    }
+}
+
+/// Backoff before attempt `attempt + 1` (`attempt` ≥ 1): exponential, capped, with jitter
+/// between half and all of it, so clients that failed together do not retry together.
+fn backoff(config: &ClientConfig, attempt: u32) -> Duration {
+    let exp = config
+        .backoff
+        .saturating_mul(1u32 << (attempt - 1).min(16))
+        .min(config.max_backoff);
+    exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+}
+
+impl Inner {
+    fn routing(&self) -> Option<Arc<Routing>> {
+        self.routing
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Nodes to try for a storage key, in order: the preference list's live nodes, then its
+    /// other nodes; the seeds without a routing table.
+    fn candidates(self: &Arc<Self>, storage_key: &[u8]) -> Vec<SocketAddr> {
+        let Some(routing) = self.routing() else {
+            return self.seeds.clone();
+        };
+        if routing.fetched.elapsed() > self.config.ring_refresh {
+            self.refresh_in_background();
+        }
+        let partition = routing.partitioner.partition_of(storage_key);
+        let list: Vec<_> = routing.info.preference_list(partition).collect();
+        let mut out: Vec<SocketAddr> = list.iter().filter(|n| n.live).map(|n| n.addr).collect();
+        out.extend(list.iter().filter(|n| !n.live).map(|n| n.addr));
+        if out.is_empty() {
+            out = self.seeds.clone();
+        }
+        out
+    }
+
+    fn refresh_in_background(self: &Arc<Self>) {
+        use std::sync::atomic::Ordering;
+        if self.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            let deadline = Instant::now() + this.config.timeout;
+            if let Err(e) = this.refresh_ring(deadline).await {
+                tracing::debug!(error = %e, "routing table refresh failed");
+            }
+            this.refreshing.store(false, Ordering::Release);
+        });
+    }
+
+    /// Fetches the routing table from the live nodes of the current one, then the seeds.
+    async fn refresh_ring(&self, deadline: Instant) -> Result<(), String> {
+        let mut sources: Vec<SocketAddr> = self
+            .routing()
+            .map(|r| {
+                r.info
+                    .nodes
+                    .iter()
+                    .filter(|n| n.live)
+                    .map(|n| n.addr)
+                    .collect()
+            })
+            .unwrap_or_default();
+        for seed in &self.seeds {
+            if !sources.contains(seed) {
+                sources.push(*seed);
+            }
+        }
+        let request =
+            Bytes::from(protocol::encode_request(&ClientRequest::Ring).map_err(|e| e.to_string())?);
+        let mut errors = Vec::new();
+        for addr in sources {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                errors.push("deadline passed".to_owned());
+                break;
+            }
+            let result = async {
+                let conn = self
+                    .connection(addr, remaining)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let answer = conn.rpc(request.clone(), remaining).await.map_err(|e| {
+                    self.forget(addr, &conn);
+                    e.to_string()
+                })?;
+                match protocol::decode_response(&answer).map_err(|e| e.to_string())? {
+                    ClientResponse::Ring(info) => Ok(info),
+                    other => Err(format!("unexpected answer: {other:?}")),
+                }
+            }
+            .await;
+            match result.and_then(|info| {
+                let partitioner = info.validate()?;
+                Ok(Routing {
+                    info,
+                    partitioner,
+                    fetched: Instant::now(),
+                })
+            }) {
+                Ok(routing) => {
+                    *self.routing.write().unwrap_or_else(|e| e.into_inner()) =
+                        Some(Arc::new(routing));
+                    return Ok(());
+                }
+                Err(e) => errors.push(format!("{addr}: {e}")),
+            }
+        }
+        Err(errors.join("; "))
+    }
+
+    /// The pooled connection to `addr`, connecting if there is none.
+    async fn connection(
+        &self,
+        addr: SocketAddr,
+        within: Duration,
+    ) -> Result<Arc<QuicClient>, TransportError> {
+        if let Some(conn) = self
+            .conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&addr)
+            .filter(|c| c.is_open())
+            .cloned()
+        {
+            return Ok(conn);
+        }
+        let timeout = within.min(self.config.connect_timeout);
+        let conn = Arc::new(QuicClient::connect(&self.tls, addr, timeout).await?);
+        self.conns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, conn.clone());
+        Ok(conn)
+    }
+
+    /// Drops `conn` from the pool (after it failed), unless it was replaced already.
+    fn forget(&self, addr: SocketAddr, conn: &Arc<QuicClient>) {
+        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        if conns.get(&addr).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            conns.remove(&addr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use shoal_storage::SetOp;
+
+    use super::*;
+
+    #[test]
+    fn only_idempotent_updates_are_retried_after_a_possible_delivery() {
+        assert_eq!(
+            retry_rule(&Update::CounterAdd(1)),
+            Retry::OnlyIfNothingHappened
+        );
+        assert_eq!(retry_rule(&Update::Delete), Retry::OnlyIfNothingHappened);
+        assert_eq!(
+            retry_rule(&Update::RegisterPut {
+                value: b"v".to_vec(),
+                context: None
+            }),
+            Retry::OnlyIfNothingHappened
+        );
+        assert_eq!(
+            retry_rule(&Update::Set(SetOp::Add(vec![b"m".to_vec()]))),
+            Retry::Always
+        );
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        let config = ClientConfig::default();
+        for attempt in 1..30 {
+            let pause = backoff(&config, attempt);
+            let full = config
+                .backoff
+                .saturating_mul(1 << (attempt - 1).min(16))
+                .min(config.max_backoff);
+            assert!(pause <= full && pause >= full / 2, "{attempt}: {pause:?}");
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! `shoal node start`: runs one node until SIGTERM or SIGINT.
+//!
+//! Startup, in order (any failure exits before the node serves anything):
+//!
+//! 1. Settings: the TOML file ([`crate::config`]) with flags overriding it; an unknown key or
+//!    a bad value exits 2 naming it.
+//! 2. Logging to stderr with `tracing` (`RUST_LOG`, default `info`; text or JSON).
+//! 3. The store: RocksDB in `data_dir/db` (created on first start), opened as an
+//!    [`Engine`](shoal_storage::Engine) with this node's id.
+//! 4. QUIC on `listen` with the node certificate from `tls_dir` (mutual TLS).
+//! 5. The ring members: this node, every seed (its node id learned by connecting to it with
+//!    [`Transport::discover`]), and every member learned on an earlier start (kept in
+//!    `data_dir/ring-members.toml`, so a node restarted while a seed is down keeps the same
+//!    ring). A seed neither reachable nor known from before is retried for
+//!    [`SEED_WAIT`]; after that the node does not start (exit 1), since a ring without it
+//!    would place keys differently from the other nodes' rings.
+//! 6. The [`Node`]: SWIM joins through the seeds; peer RPCs are served.
+//!
+//! **Ring, for now.** The ring is built once at startup from those members and never
+//! changes while the node runs. Ring gossip (a node joining through any seed, ring changes
+//! at run time) is a later step; until then every node of a cluster must list every other
+//! node as a seed (a dev cluster does), so every node builds the same ring.
+//!
+//! **Stop.** On SIGTERM or SIGINT: SWIM announces the leave (peers mark this node left at
+//! once, without suspicion; it keeps its ring partitions), in-flight requests finish or fail
+//! with a shutting-down error, the transport closes and the store is flushed; exit 0. A second
+//! signal during that stop exits at once (code 1); RocksDB's synced writes mean nothing
+//! acknowledged is lost either way.
+//!
+//! **Restart.** Starting again on the same `data_dir` keeps the data and the actor epoch.
+//! SWIM starts at incarnation 0; peers that remember this node as left or dead at a higher
+//! incarnation say so in their first state exchange, and SWIM refutes with a higher
+//! incarnation (membership's "outbid an earlier life" rule), so the node is alive again in
+//! their views within one exchange. No incarnation file is needed.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+use serde::{Deserialize, Serialize};
+use shoal_storage::{Engine, RocksStore};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::task::JoinSet;
+
+use super::CliError;
+use crate::config::{FileConfig, LogFormat, NodeSettings, Overrides};
+use crate::identity::NodeId;
+use crate::tls::TlsMaterial;
+use crate::transport::{Peer, QuicConfig, QuicTransport, Transport};
+use crate::{Node, NodeConfig};
+
+/// How long startup waits for a seed that is neither reachable nor known from an earlier
+/// start: 60 s, long enough for the nodes of a cluster started together to come up.
+pub const SEED_WAIT: Duration = Duration::from_secs(60);
+/// Deadline of one attempt to reach a seed.
+const DISCOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Pause between attempts to reach a seed.
+const DISCOVER_RETRY: Duration = Duration::from_millis(500);
+/// The ring members file under `data_dir`.
+const MEMBERS_FILE: &str = "ring-members.toml";
+
+/// `shoal node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run a node until SIGTERM or SIGINT (graceful stop, exit 0).
+    Start(StartArgs),
+}
+
+/// `shoal node start`: a config file, and flags that override its keys.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// TOML config file (keys: node_id, listen, data_dir, seeds, tls_dir, admin, log_format,
+    /// pid_file).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Node id (overrides `node_id`).
+    #[arg(long = "node-id")]
+    pub node_id: Option<String>,
+    /// QUIC listen address, UDP (overrides `listen`).
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Data directory (overrides `data_dir`).
+    #[arg(long = "data")]
+    pub data: Option<PathBuf>,
+    /// Seed addresses, comma-separated (overrides `seeds`).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Option<Vec<SocketAddr>>,
+    /// Certificate directory (overrides `tls_dir`).
+    #[arg(long = "tls-dir")]
+    pub tls_dir: Option<PathBuf>,
+    /// Admin address (overrides `admin`).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+}
+
+/// Runs a `node` subcommand.
+pub fn run(command: NodeCommand) -> Result<(), CliError> {
+    match command {
+        NodeCommand::Start(args) => start(args),
+    }
+}
+
+fn start(args: StartArgs) -> Result<(), CliError> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path).map_err(|e| CliError::Input(e.to_string()))?,
+        None => FileConfig::default(),
+    };
+    let settings = file
+        .with(Overrides {
+            node_id: args.node_id,
+            listen: args.listen,
+            data_dir: args.data,
+            seeds: args.seeds,
+            tls_dir: args.tls_dir,
+            admin: args.admin,
+        })
+        .settings()
+        .map_err(|e| CliError::Input(e.to_string()))?;
+    init_logging(settings.log_format);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("shoal-node")
+        .build()
+        .map_err(|e| CliError::Failed(format!("cannot start the async runtime: {e}")))?;
+    runtime.block_on(run_node(settings))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second initialization (tests calling in-process) keeps the first.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+/// Waits for SIGTERM or SIGINT.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self, CliError> {
+        let install = |kind| {
+            signal(kind).map_err(|e| CliError::Failed(format!("cannot handle signals: {e}")))
+        };
+        Ok(Self {
+            term: install(SignalKind::terminate())?,
+            int: install(SignalKind::interrupt())?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+async fn run_node(settings: NodeSettings) -> Result<(), CliError> {
+    let mut signals = Signals::new()?;
+    let id = settings.node_id.clone();
+    tracing::info!(node = %id, listen = %settings.listen, data = %settings.data_dir.display(), seeds = ?settings.seeds, "node starting");
+
+    let material = TlsMaterial::load_node(&settings.tls_dir, &id)
+        .map_err(|e| CliError::Input(format!("node certificate: {e}")))?;
+    let engine = open_engine(&settings.data_dir, &id)?;
+    let (transport, inbox, client_inbox) =
+        QuicTransport::bind(material, QuicConfig::new(settings.listen))
+            .await
+            .map_err(|e| CliError::Failed(e.to_string()))?;
+    let local = transport.local().clone();
+
+    let members = tokio::select! {
+        members = ring_members(&transport, &settings) => members,
+        signal = signals.recv() => {
+            tracing::info!(%signal, "stopped before joining");
+            transport.shutdown().await;
+            return Ok(());
+        }
+    };
+    let members = match members {
+        Ok(members) => members,
+        Err(e) => {
+            transport.shutdown().await;
+            return Err(e);
+        }
+    };
+    let mut config = NodeConfig::new(members.clone());
+    config.seed = rand::random();
+    let node = Arc::new(
+        Node::start(config, transport.clone(), inbox, engine)
+            .map_err(|e| CliError::Input(e.to_string()))?,
+    );
+    crate::service::spawn(node.clone(), client_inbox);
+    write_pid_file(settings.pid_file.as_deref());
+    let ids: Vec<&str> = members.iter().map(|p| p.id.as_str()).collect();
+    tracing::info!(node = %local.id, addr = %local.addr, ring = ?ids, admin = %settings.admin, "node started");
+
+    let signal = signals.recv().await;
+    tracing::info!(%signal, in_flight = node.in_flight(), "stopping: leaving the cluster");
+    tokio::select! {
+        () = node.shutdown() => {}
+        signal = signals.recv() => {
+            tracing::warn!(%signal, "second signal: exiting without a graceful stop");
+            return Err(CliError::Failed("interrupted during shutdown".into()));
+        }
+    }
+    remove_pid_file(settings.pid_file.as_deref());
+    tracing::info!(node = %local.id, "stopped");
+    Ok(())
+}
+
+fn open_engine(data_dir: &Path, id: &NodeId) -> Result<Arc<Engine<RocksStore>>, CliError> {
+    std::fs::create_dir_all(data_dir).map_err(|e| {
+        CliError::Failed(format!(
+            "cannot create data dir {}: {e}",
+            data_dir.display()
+        ))
+    })?;
+    let db = data_dir.join("db");
+    // Opening replays the log and rebuilds Merkle trees: blocking work, off the async threads.
+    let engine = tokio::task::block_in_place(|| {
+        let store = RocksStore::open(&db)?;
+        Engine::open(store, id.as_str())
+    })
+    .map_err(|e| CliError::Failed(format!("cannot open the store in {}: {e}", db.display())))?;
+    tracing::info!(path = %db.display(), "store open");
+    Ok(Arc::new(engine))
+}
+
+/// The ring members file: node ids and addresses learned on earlier starts.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MembersFile {
+    /// Node id → address.
+    members: BTreeMap<String, SocketAddr>,
+}
+
+fn load_members(data_dir: &Path) -> BTreeMap<NodeId, SocketAddr> {
+    let path = data_dir.join(MEMBERS_FILE);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return BTreeMap::new();
+    };
+    match toml::from_str::<MembersFile>(&text) {
+        Ok(file) => file
+            .members
+            .into_iter()
+            .filter_map(|(id, addr)| Some((NodeId::new(id).ok()?, addr)))
+            .collect(),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "ring members file unreadable; ignored");
+            BTreeMap::new()
+        }
+    }
+}
+
+fn save_members(data_dir: &Path, members: &[Peer]) -> Result<(), CliError> {
+    let file = MembersFile {
+        members: members
+            .iter()
+            .map(|p| (p.id.as_str().to_owned(), p.addr))
+            .collect(),
+    };
+    let text = format!(
+        "# The ring members this node has learned (written by `shoal node start`).\n{}",
+        toml::to_string(&file).expect("members serialize")
+    );
+    let path = data_dir.join(MEMBERS_FILE);
+    let tmp = data_dir.join(format!("{MEMBERS_FILE}.tmp"));
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))
+}
+
+/// This node, every seed, and every member remembered from earlier starts; see the module
+/// docs.
+async fn ring_members(
+    transport: &QuicTransport,
+    settings: &NodeSettings,
+) -> Result<Vec<Peer>, CliError> {
+    let local = transport.local().clone();
+    let known = load_members(&settings.data_dir);
+    let mut members: BTreeMap<NodeId, SocketAddr> = known.clone();
+    members.insert(local.id.clone(), local.addr);
+
+    let mut tasks = JoinSet::new();
+    for &seed in &settings.seeds {
+        let transport = transport.clone();
+        let remembered = known
+            .iter()
+            .find(|(id, addr)| **addr == seed && **id != local.id)
+            .map(|(id, _)| id.clone());
+        tasks.spawn(async move { (seed, discover(&transport, seed, remembered).await) });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let (seed, found) = joined.map_err(|e| CliError::Failed(format!("seed task: {e}")))?;
+        let id = found?;
+        if id == local.id {
+            tracing::warn!(%seed, "seed is this node; ignored");
+            continue;
+        }
+        members.insert(id, seed);
+    }
+    let members: Vec<Peer> = members
+        .into_iter()
+        .map(|(id, addr)| Peer { id, addr })
+        .collect();
+    save_members(&settings.data_dir, &members)?;
+    Ok(members)
+}
+
+/// The node id at `seed`: asked until it answers; if it does not answer the first time and
+/// was `remembered`, that id.
+async fn discover(
+    transport: &QuicTransport,
+    seed: SocketAddr,
+    remembered: Option<NodeId>,
+) -> Result<NodeId, CliError> {
+    let deadline = tokio::time::Instant::now() + SEED_WAIT;
+    let mut logged = false;
+    loop {
+        match transport.discover(seed, DISCOVER_TIMEOUT).await {
+            Ok(id) => {
+                tracing::info!(%seed, node = %id, "seed reached");
+                return Ok(id);
+            }
+            Err(e) => {
+                if let Some(id) = remembered {
+                    tracing::info!(%seed, node = %id, error = %e, "seed unreachable; known from an earlier start");
+                    return Ok(id);
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(CliError::Failed(format!(
+                        "seed {seed} unreachable for {}s and not known from an earlier start: {e}",
+                        SEED_WAIT.as_secs()
+                    )));
+                }
+                if !logged {
+                    tracing::info!(%seed, error = %e, "waiting for seed");
+                    logged = true;
+                }
+                tokio::time::sleep(DISCOVER_RETRY).await;
+            }
+        }
+    }
+}
+
+fn write_pid_file(path: Option<&Path>) {
+    if let Some(path) = path
+        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+    {
+        tracing::warn!(path = %path.display(), error = %e, "pid file not written");
+    }
+}
+
+fn remove_pid_file(path: Option<&Path>) {
+    let Some(path) = path else { return };
+    // Only our own: a node started again by hand may have replaced it.
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        let _ = std::fs::remove_file(path);
+    }
+}
