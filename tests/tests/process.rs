@@ -23,10 +23,13 @@ fn node_start(config_text: &str) -> Output {
         .unwrap()
 }
 
+/// The error a failed command printed: exactly one `shoal: ` line on stderr (log lines written
+/// before the failure may precede it).
 fn one_line_stderr(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    assert_eq!(stderr.trim_end().lines().count(), 1, "stderr: {stderr}");
-    stderr
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("shoal: ")).collect();
+    assert_eq!(errors.len(), 1, "stderr: {stderr}");
+    errors[0].to_owned()
 }
 
 #[test]
