@@ -27,7 +27,10 @@ fn node_start(config_text: &str) -> Output {
 /// before the failure may precede it).
 fn one_line_stderr(output: &Output) -> String {
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("shoal: ")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("shoal: "))
+        .collect();
     assert_eq!(errors.len(), 1, "stderr: {stderr}");
     errors[0].to_owned()
 }
