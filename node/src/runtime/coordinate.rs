@@ -88,6 +88,27 @@ pub(crate) fn store_replica<S: Store>(
 /// A forwarded request reached a node that, in its own view of liveness, is not a target of
 /// the key (views differ for a moment after failures). Nothing was done; the forwarder tries
 /// the next target.
+/// Whether this node must forward the request because it is not among the key's targets.
+/// Errors when no target is live, or when the request was already forwarded once (one hop only).
+fn must_forward<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    placement: &Placement,
+    required: usize,
+    forwarded: bool,
+) -> Result<bool, RequestError> {
+    let targets = &placement.selection.targets;
+    if targets.iter().any(|t| t.node == shared.local) {
+        return Ok(false);
+    }
+    if targets.is_empty() {
+        return Err(RequestError::Unavailable { live: 0, required });
+    }
+    if forwarded {
+        return Err(not_a_target(&shared.local));
+    }
+    Ok(true)
+}
+
 fn not_a_target(local: &MemberId) -> RequestError {
     RequestError::Forwarded {
         outcome: Outcome::Failed,
@@ -122,21 +143,7 @@ pub(crate) async fn update<T: Transport, S: Store>(
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
     let placement = place(shared, keyspace, key, w, "w")?;
     let deadline = shared.now() + timeout;
-    if !placement
-        .selection
-        .targets
-        .iter()
-        .any(|t| t.node == shared.local)
-    {
-        if placement.selection.targets.is_empty() {
-            return Err(RequestError::Unavailable {
-                live: 0,
-                required: w,
-            });
-        }
-        if forwarded {
-            return Err(not_a_target(&shared.local));
-        }
+    if must_forward(shared, &placement, w, forwarded)? {
         return forward(
             shared,
             &placement.selection.targets,
@@ -287,21 +294,7 @@ pub(crate) async fn get<T: Transport, S: Store>(
 ) -> Result<GetOutcome, RequestError> {
     let placement = place(shared, keyspace, key, r, "r")?;
     let deadline = shared.now() + timeout;
-    if !placement
-        .selection
-        .targets
-        .iter()
-        .any(|t| t.node == shared.local)
-    {
-        if placement.selection.targets.is_empty() {
-            return Err(RequestError::Unavailable {
-                live: 0,
-                required: r,
-            });
-        }
-        if forwarded {
-            return Err(not_a_target(&shared.local));
-        }
+    if must_forward(shared, &placement, r, forwarded)? {
         let (replies, record) = forward(
             shared,
             &placement.selection.targets,
