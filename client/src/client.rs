@@ -35,8 +35,8 @@ use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::protocol::{
-    self, ClientRequest, ClientResponse, ErrorCode, GetReply, GetRequest, OpId, RingInfo,
-    UpdateRequest, WireOutcome,
+    self, ClientRequest, ClientResponse, ErrorCode, GetReply, GetRequest, NodeStatus, OpId,
+    ReplicaState, RingInfo, UpdateRequest, WireOutcome,
 };
 use crate::tls::TlsMaterial;
 use crate::transport::{QuicClient, TransportError};
@@ -248,6 +248,101 @@ impl Client {
         Ok(self.ring().expect("just fetched"))
     }
 
+    /// Sets keyspace `name`'s replication factor N (1 to the ring's replicas), creating the
+    /// keyspace if needed, on one live node; the change spreads from it by gossip. Returns
+    /// that node's new cluster-state version. Setting the same N again is harmless, so the
+    /// request is retried on other nodes when an attempt fails.
+    pub async fn create_keyspace(&self, name: &str, n: u32) -> Result<u64, Error> {
+        let request = ClientRequest::CreateKeyspace {
+            name: name.to_owned(),
+            n,
+        };
+        match self.any_node(&request).await? {
+            ClientResponse::KeyspaceSet { ring_version } => Ok(ring_version),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of the node at `addr`: its view of the members, its ring version, its hint
+    /// backlog. Asks that node only.
+    pub async fn node_status(&self, addr: SocketAddr) -> Result<NodeStatus, Error> {
+        match self.one_node(addr, &ClientRequest::Status).await? {
+            ClientResponse::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The status of any live node (the first that answers).
+    pub async fn status(&self) -> Result<NodeStatus, Error> {
+        match self.any_node(&ClientRequest::Status).await? {
+            ClientResponse::Status(status) => Ok(status),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The replica of `key` of `keyspace` held by the node at `addr`, read from its store
+    /// without a quorum (a diagnostic: compare replicas' digests).
+    pub async fn inspect(
+        &self,
+        addr: SocketAddr,
+        keyspace: &str,
+        key: &[u8],
+    ) -> Result<ReplicaState, Error> {
+        let request = ClientRequest::Inspect {
+            keyspace: keyspace.to_owned(),
+            key: key.to_vec(),
+        };
+        match self.one_node(addr, &request).await? {
+            ClientResponse::Inspected(state) => Ok(state),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends `request` (one that is safe to repeat) to the node at `addr` only, within the
+    /// configured timeout.
+    async fn one_node(
+        &self,
+        addr: SocketAddr,
+        request: &ClientRequest,
+    ) -> Result<ClientResponse, Error> {
+        match self.attempt(addr, request, self.inner.config.timeout).await {
+            Attempt::Done(response) => Ok(response),
+            Attempt::Fatal(e) => Err(e),
+            Attempt::NothingHappened(code, message) => Err(Error::Failed {
+                code,
+                message: format!("{addr}: {message}"),
+                attempts: 1,
+            }),
+            Attempt::MayHaveHappened(message) => Err(Error::Unknown {
+                message: format!("{addr}: {message}"),
+                attempts: 1,
+            }),
+        }
+    }
+
+    /// Sends `request` (one that is safe to repeat) to the live nodes of the routing table,
+    /// then the seeds, until one answers.
+    async fn any_node(&self, request: &ClientRequest) -> Result<ClientResponse, Error> {
+        let mut candidates: Vec<SocketAddr> = self
+            .ring()
+            .map(|r| r.nodes.iter().filter(|n| n.live).map(|n| n.addr).collect())
+            .unwrap_or_default();
+        for seed in &self.inner.seeds {
+            if !candidates.contains(seed) {
+                candidates.push(*seed);
+            }
+        }
+        let mut last = Error::NoCluster("no node to ask".into());
+        for addr in candidates {
+            match self.one_node(addr, request).await {
+                Ok(response) => return Ok(response),
+                Err(e @ Error::Invalid(_)) => return Err(e),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     /// Applies `update` to `key` of `keyspace`: `Ok` once W replicas persisted it. See the
     /// [module docs](self) for retries. Returns the number of replicas that had persisted it.
     #[tracing::instrument(level = "debug", skip(self, key, update, options))]
@@ -422,12 +517,23 @@ impl Client {
     }
 }
 
+fn unexpected(response: ClientResponse) -> Error {
+    Error::Failed {
+        code: None,
+        message: format!("unexpected answer: {response:?}"),
+        attempts: 1,
+    }
+}
+
 fn set_timeout(request: &mut ClientRequest, budget: Duration) {
     let ms = budget.as_millis().clamp(1, u64::MAX as u128) as u64;
     match request {
         ClientRequest::Update(r) => r.timeout_ms = ms,
         ClientRequest::Get(r) => r.timeout_ms = ms,
-        ClientRequest::Ring => {}
+        ClientRequest::Ring
+        | ClientRequest::CreateKeyspace { .. }
+        | ClientRequest::Status
+        | ClientRequest::Inspect { .. } => {}
     }
 }
 

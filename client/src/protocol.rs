@@ -13,6 +13,12 @@
 //! - [`ClientRequest::Ring`] answers with the routing table ([`RingInfo`]): every node's client
 //!   address and liveness in the answering node's view, and each partition's preference list,
 //!   so the client sends each request straight to a live replica of its key.
+//! - [`ClientRequest::CreateKeyspace`] sets a keyspace's N in the answering node's cluster
+//!   state, from which it spreads by gossip ([`ClientResponse::KeyspaceSet`]).
+//! - [`ClientRequest::Status`] asks one node for its view: members with SWIM state and
+//!   incarnation, ring version, partitions, hint backlog ([`NodeStatus`]).
+//! - [`ClientRequest::Inspect`] asks one node for its own replica of a key, read from its store
+//!   without a quorum ([`ReplicaState`]): what `shoal key-info` compares across replicas.
 //! - A request that was not served gets [`ClientResponse::Error`], whose [`WireOutcome`] says
 //!   whether it may have taken effect. A request whose bytes cannot be decoded is rejected at
 //!   the frame level (the stream's error frame) and changes nothing.
@@ -55,6 +61,22 @@ pub enum ClientRequest {
     Get(GetRequest),
     /// Send the routing table.
     Ring,
+    /// Set keyspace `name`'s N (1 to the ring's replicas), creating it if needed.
+    CreateKeyspace {
+        /// The keyspace.
+        name: String,
+        /// Its replication factor.
+        n: u32,
+    },
+    /// Send this node's status.
+    Status,
+    /// Send this node's own replica of a key.
+    Inspect {
+        /// The keyspace.
+        keyspace: String,
+        /// The key.
+        key: Vec<u8>,
+    },
 }
 
 /// Apply `update` to `key` of `keyspace` with write quorum `w`.
@@ -99,6 +121,15 @@ pub enum ClientResponse {
     Got(GetReply),
     /// The routing table.
     Ring(RingInfo),
+    /// The keyspace's N is set on the answering node.
+    KeyspaceSet {
+        /// The node's cluster-state version after the change.
+        ring_version: u64,
+    },
+    /// The answering node's status.
+    Status(NodeStatus),
+    /// The answering node's replica of a key.
+    Inspected(ReplicaState),
     /// The request was not served; see the outcome.
     Error(ErrorReply),
 }
@@ -163,6 +194,98 @@ pub struct NodeInfo {
     pub live: bool,
 }
 
+/// A member's state in SWIM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed probes; may refute.
+    Suspect,
+    /// Declared failed.
+    Dead,
+    /// Left gracefully.
+    Left,
+}
+
+impl MemberState {
+    /// Lower-case name, as `shoal cluster status` prints it.
+    pub fn name(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Dead => "dead",
+            MemberState::Left => "left",
+        }
+    }
+}
+
+/// One member in a node's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemberInfo {
+    /// Node id.
+    pub node_id: String,
+    /// Address.
+    pub addr: SocketAddr,
+    /// SWIM state.
+    pub state: MemberState,
+    /// SWIM incarnation.
+    pub incarnation: u64,
+    /// The cluster-state (ring) version the member announced.
+    pub ring_version: u64,
+    /// Whether it holds partitions in the ring.
+    pub in_ring: bool,
+    /// Partitions it is a primary replica of (at the ring's N).
+    pub partitions: u32,
+}
+
+/// Hints a node holds for one target.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HintInfo {
+    /// The node the hints are for.
+    pub target: String,
+    /// Keys with a hint.
+    pub keys: u64,
+    /// Age of the oldest hint in milliseconds.
+    pub oldest_age_ms: Option<u64>,
+}
+
+/// One node's view of the cluster and its own figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeStatus {
+    /// The answering node.
+    pub node_id: String,
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its cluster-state (ring) version.
+    pub ring_version: u64,
+    /// Every member it knows, itself included, by node id.
+    pub members: Vec<MemberInfo>,
+    /// Keyspaces created, with their N.
+    pub keyspaces: Vec<(String, u32)>,
+    /// N of a keyspace never created.
+    pub default_n: u32,
+    /// Its hint backlog, per target.
+    pub hints: Vec<HintInfo>,
+    /// Client requests being coordinated.
+    pub in_flight: u32,
+}
+
+/// A node's own replica of a key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaState {
+    /// The answering node.
+    pub node_id: String,
+    /// The key's partition.
+    pub partition: u32,
+    /// The key's type, if the node has a record of it.
+    pub kind: Option<Kind>,
+    /// The record's checksum (a digest of its state): equal on two replicas iff their states
+    /// are equal. `None` if the node has no record.
+    pub digest: Option<u128>,
+    /// Whether the node replicates the key's partition (a primary in its ring view).
+    pub primary: bool,
+}
+
 /// The routing table: enough to send each request to a live replica of its key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RingInfo {
@@ -177,6 +300,20 @@ pub struct RingInfo {
     pub preference_lists: Vec<Vec<u16>>,
     /// Per partition: how many of the list's first entries are primaries.
     pub primaries: Vec<u16>,
+    /// Keyspaces created, with their N.
+    pub keyspaces: Vec<(String, u32)>,
+    /// N of a keyspace never created.
+    pub default_n: u32,
+}
+
+impl RingInfo {
+    /// N of `keyspace`.
+    pub fn n_for(&self, keyspace: &str) -> u32 {
+        self.keyspaces
+            .iter()
+            .find(|(name, _)| name == keyspace)
+            .map_or(self.default_n, |(_, n)| *n)
+    }
 }
 
 impl RingInfo {
@@ -269,6 +406,15 @@ mod tests {
                 timeout_ms: 1,
             }),
             ClientRequest::Ring,
+            ClientRequest::CreateKeyspace {
+                name: "ks".into(),
+                n: 2,
+            },
+            ClientRequest::Status,
+            ClientRequest::Inspect {
+                keyspace: "ks".into(),
+                key: b"k".to_vec(),
+            },
         ];
         for request in requests {
             let bytes = encode_request(&request).unwrap();
@@ -299,6 +445,38 @@ mod tests {
                 }],
                 preference_lists: vec![vec![0], vec![0]],
                 primaries: vec![1, 1],
+                keyspaces: vec![("ks".into(), 2)],
+                default_n: 3,
+            }),
+            ClientResponse::KeyspaceSet { ring_version: 5 },
+            ClientResponse::Status(NodeStatus {
+                node_id: "n1".into(),
+                addr: "127.0.0.1:7100".parse().unwrap(),
+                ring_version: 77,
+                members: vec![MemberInfo {
+                    node_id: "n2".into(),
+                    addr: "127.0.0.1:7101".parse().unwrap(),
+                    state: MemberState::Suspect,
+                    incarnation: 3,
+                    ring_version: 77,
+                    in_ring: true,
+                    partitions: 170,
+                }],
+                keyspaces: vec![],
+                default_n: 3,
+                hints: vec![HintInfo {
+                    target: "n2".into(),
+                    keys: 4,
+                    oldest_age_ms: Some(1500),
+                }],
+                in_flight: 0,
+            }),
+            ClientResponse::Inspected(ReplicaState {
+                node_id: "n1".into(),
+                partition: 9,
+                kind: Some(Kind::Counter),
+                digest: Some(u128::MAX - 1),
+                primary: true,
             }),
             ClientResponse::Error(ErrorReply {
                 outcome: WireOutcome::Unknown,
@@ -330,7 +508,11 @@ mod tests {
             nodes: vec![],
             preference_lists: vec![vec![0], vec![]],
             primaries: vec![1, 0],
+            keyspaces: vec![("ks".into(), 1)],
+            default_n: 3,
         };
+        assert_eq!(ring.n_for("ks"), 1);
+        assert_eq!(ring.n_for("other"), 3);
         assert!(ring.validate().is_err());
         ring.preference_lists[0].clear();
         assert!(ring.validate().is_ok());

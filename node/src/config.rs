@@ -41,7 +41,7 @@ pub struct FileConfig {
     /// others. Default `127.0.0.1:7100`.
     pub listen: Option<SocketAddr>,
     /// Directory of the node's data: the RocksDB database (`db/`) and the ring members it has
-    /// learned (`ring-members.toml`). Created if missing. Required.
+    /// learned (the cluster state, in the store). Created if missing. Required.
     pub data_dir: Option<PathBuf>,
     /// Addresses of other nodes to join through. Default none (a cluster of one). Every seed
     /// joins the ring at startup, so in a dev cluster every node lists all the others.

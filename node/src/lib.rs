@@ -47,6 +47,7 @@
 //! update on every primary replica once healed).
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod handoff;
 pub mod request;

@@ -24,10 +24,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_client::protocol::{
-    self, ClientRequest, ClientResponse, ErrorCode, ErrorReply, GetReply, GetRequest, NodeInfo,
-    RingInfo, UpdateRequest, WireOutcome,
+    self, ClientRequest, ClientResponse, ErrorCode, ErrorReply, GetReply, GetRequest, HintInfo,
+    MemberInfo, MemberState as WireState, NodeInfo, NodeStatus, ReplicaState, RingInfo,
+    UpdateRequest, WireOutcome,
 };
-use shoal_membership::PartitionId;
+use shoal_membership::{MemberState, NodeId as MemberId, PartitionId};
 use shoal_storage::Store;
 use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
@@ -103,6 +104,9 @@ async fn handle<T: Transport, S: Store>(node: &Node<T, S>, rpc: ClientRpc) {
         ClientRequest::Update(request) => update(node, request).await,
         ClientRequest::Get(request) => get(node, request).await,
         ClientRequest::Ring => ClientResponse::Ring(ring_info(node)),
+        ClientRequest::CreateKeyspace { name, n } => create_keyspace(node, &name, n),
+        ClientRequest::Status => status(node),
+        ClientRequest::Inspect { keyspace, key } => inspect(node, &keyspace, &key),
     };
     answer(rpc, &response);
 }
@@ -163,18 +167,174 @@ fn error_reply(e: RequestError) -> ClientResponse {
     })
 }
 
+fn invalid(message: String) -> ClientResponse {
+    ClientResponse::Error(ErrorReply {
+        outcome: WireOutcome::Failed,
+        code: ErrorCode::Invalid,
+        message,
+    })
+}
+
+fn create_keyspace<T: Transport, S: Store>(
+    node: &Node<T, S>,
+    name: &str,
+    n: u32,
+) -> ClientResponse {
+    match node.create_keyspace(name, n as usize) {
+        Ok(ring_version) => {
+            tracing::info!(keyspace = name, n, "keyspace set");
+            ClientResponse::KeyspaceSet { ring_version }
+        }
+        Err(crate::runtime::KeyspaceChangeError::Invalid(e)) => invalid(e.to_string()),
+        Err(e) => ClientResponse::Error(ErrorReply {
+            outcome: WireOutcome::Failed,
+            code: ErrorCode::Storage,
+            message: e.to_string(),
+        }),
+    }
+}
+
+fn wire_state(state: MemberState) -> WireState {
+    match state {
+        MemberState::Alive => WireState::Alive,
+        MemberState::Suspect => WireState::Suspect,
+        MemberState::Dead => WireState::Dead,
+        MemberState::Left => WireState::Left,
+    }
+}
+
+/// This node's status: its SWIM view (itself first), ring, keyspaces and hint backlog.
+pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
+    let view = node.cluster();
+    let owned = view.ring.replicas_per_node();
+    let partitions = |id: &str| {
+        MemberId::new(id)
+            .ok()
+            .and_then(|id| owned.get(&id).copied())
+            .unwrap_or(0) as u32
+    };
+    let in_ring = |id: &str| MemberId::new(id).is_ok_and(|id| view.state.is_joined(&id));
+    let me = node.id();
+    let mut members = vec![MemberInfo {
+        node_id: me.id.to_string(),
+        addr: me.addr,
+        state: WireState::Alive,
+        incarnation: node.incarnation(),
+        ring_version: view.version,
+        in_ring: in_ring(me.id.as_str()),
+        partitions: partitions(me.id.as_str()),
+    }];
+    for m in node.member_views() {
+        members.push(MemberInfo {
+            in_ring: in_ring(&m.id),
+            partitions: partitions(&m.id),
+            node_id: m.id,
+            addr: m.addr,
+            state: wire_state(m.state),
+            incarnation: m.incarnation,
+            ring_version: m.ring_version,
+        });
+    }
+    // Ring members SWIM has not met (down since this node started): listed as dead.
+    for (id, _) in view.state.ring().entries() {
+        if view.state.is_joined(id) && !members.iter().any(|m| m.node_id == id.as_str()) {
+            members.push(MemberInfo {
+                node_id: id.as_str().to_owned(),
+                addr: view
+                    .state
+                    .addr(id)
+                    .unwrap_or_else(|| ([0, 0, 0, 0], 0).into()),
+                state: WireState::Dead,
+                incarnation: 0,
+                ring_version: 0,
+                in_ring: true,
+                partitions: partitions(id.as_str()),
+            });
+        }
+    }
+    let hints = match node.hint_backlog() {
+        Ok(backlog) => backlog
+            .into_iter()
+            .map(|(target, b)| HintInfo {
+                target,
+                keys: b.keys,
+                oldest_age_ms: b.oldest_age.map(|a| a.as_millis() as u64),
+            })
+            .collect(),
+        Err(e) => {
+            return ClientResponse::Error(ErrorReply {
+                outcome: WireOutcome::Failed,
+                code: ErrorCode::Storage,
+                message: format!("hint backlog: {e}"),
+            });
+        }
+    };
+    ClientResponse::Status(NodeStatus {
+        node_id: me.id.to_string(),
+        addr: me.addr,
+        ring_version: view.version,
+        members,
+        keyspaces: view
+            .state
+            .keyspaces()
+            .map(|(name, n)| (name.to_owned(), n as u32))
+            .collect(),
+        default_n: node.config().default_n as u32,
+        hints,
+        in_flight: node.in_flight() as u32,
+    })
+}
+
+/// This node's own replica of a key, straight from its store.
+fn inspect<T: Transport, S: Store>(
+    node: &Node<T, S>,
+    keyspace: &str,
+    key: &[u8],
+) -> ClientResponse {
+    let storage_key = match crate::runtime::storage_key(keyspace, key) {
+        Ok(k) => k,
+        Err(e) => return invalid(e.to_string()),
+    };
+    let view = node.cluster();
+    let partition = view.ring.partition_of(&storage_key);
+    let n = node.n_for(keyspace);
+    let primary = view
+        .ring
+        .preference_list(partition)
+        .iter()
+        .take(view.ring.primaries(partition).len().min(n))
+        .any(|id| id.as_str() == node.id().id.as_str());
+    match node.read_local(partition.0, &storage_key) {
+        Ok(record) => ClientResponse::Inspected(ReplicaState {
+            node_id: node.id().id.to_string(),
+            partition: partition.0,
+            kind: record.as_ref().map(|r| r.kind()),
+            digest: record.as_ref().map(|r| r.hash()),
+            primary,
+        }),
+        Err(e) => ClientResponse::Error(ErrorReply {
+            outcome: WireOutcome::Failed,
+            code: ErrorCode::Storage,
+            message: e.to_string(),
+        }),
+    }
+}
+
 /// The routing table in this node's view: ring members with their addresses and liveness.
 pub fn ring_info<T: Transport, S: Store>(node: &Node<T, S>) -> RingInfo {
-    let ring = node.ring();
-    let members = &node.config().members;
-    let mut nodes: Vec<NodeInfo> = Vec::with_capacity(members.len());
+    let view = node.cluster();
+    let ring = &view.ring;
+    let mut nodes: Vec<NodeInfo> = Vec::new();
     let mut index_of = std::collections::HashMap::new();
-    for peer in members {
-        index_of.insert(peer.id.as_str().to_owned(), nodes.len() as u16);
+    for (id, _) in view.state.ring().entries() {
+        let Some(addr) = node.addr_of(id.as_str()) else {
+            continue;
+        };
+        index_of.insert(id.as_str().to_owned(), nodes.len() as u16);
         nodes.push(NodeInfo {
-            id: peer.id.to_string(),
-            addr: peer.addr,
-            live: peer.id == node.id().id || node.is_live(peer.id.as_str()),
+            id: id.as_str().to_owned(),
+            addr,
+            live: id.as_str() == node.id().id.as_str() || node.is_live(id.as_str()),
         });
     }
     let partitions = ring.partitioner().partitions();
@@ -191,10 +351,16 @@ pub fn ring_info<T: Transport, S: Store>(node: &Node<T, S>) -> RingInfo {
         primaries.push(ring.primaries(partition).len() as u16);
     }
     RingInfo {
-        version: ring.version(),
+        version: view.version,
         partitions,
         nodes,
         preference_lists,
         primaries,
+        keyspaces: view
+            .state
+            .keyspaces()
+            .map(|(name, n)| (name.to_owned(), n as u32))
+            .collect(),
+        default_n: node.config().default_n as u32,
     }
 }

@@ -9,19 +9,7 @@ use shoal_storage::{SetOp, Update, View};
 
 mod common;
 
-use common::{Cluster, KEYSPACE, NODES, TIMEOUT};
-
-/// Waits until `cond` holds, polling every 50 ms of virtual time, for at most `limit`.
-async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) {
-    let start = tokio::time::Instant::now();
-    while !cond() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not met within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use common::{Cluster, KEYSPACE, NODES, TIMEOUT, eventually};
 
 /// Waits until every node sees `i` as dead (or alive, with `live`).
 async fn until_seen(cluster: &Cluster, i: usize, live: bool) {

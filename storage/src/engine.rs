@@ -19,6 +19,8 @@ pub type Partition = u32;
 
 const META_NODE_ID: &[u8] = b"node_id";
 const META_EPOCH: &[u8] = b"epoch";
+/// Prefix of the metadata the layers above keep ([`Engine::put_meta`]).
+const META_APP: &[u8] = b"app/";
 const LOCK_STRIPES: usize = 4096;
 /// Bytes of the data-column key before the user key: partition (4) and Merkle leaf (2).
 const DATA_PREFIX_LEN: usize = 6;
@@ -622,6 +624,21 @@ impl<S: Store> Engine<S> {
         Ok(backlog)
     }
 
+    /// Metadata a layer above keeps under `name` (the node keeps its cluster state here), if
+    /// any. Separate from the engine's own metadata (node id, epoch).
+    pub fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>, StorageError> {
+        self.store.get(Column::Meta, &app_key(name))
+    }
+
+    /// Stores metadata under `name`, durably, replacing what was there.
+    pub fn put_meta(&self, name: &str, value: &[u8]) -> Result<(), StorageError> {
+        self.store.write(vec![BatchOp::Put(
+            Column::Meta,
+            app_key(name),
+            value.to_vec(),
+        )])
+    }
+
     /// Flushes the store (at shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.store.flush()
@@ -635,6 +652,10 @@ fn stored_hash(raw: &[u8]) -> ValueHash {
         Ok(record) => record.hash(),
         Err(_) => xxh3_128(raw) ^ 0xc0,
     }
+}
+
+fn app_key(name: &str) -> Vec<u8> {
+    [META_APP, name.as_bytes()].concat()
 }
 
 fn data_key(partition: Partition, key: &[u8]) -> Vec<u8> {

@@ -348,6 +348,17 @@ fn merkle_tracks_writes<S: Store>(e: &Engine<S>) {
     assert!(e.partitions().contains(&9));
 }
 
+fn app_metadata_is_kept_apart<S: Store>(e: &Engine<S>) {
+    assert_eq!(e.get_meta("cluster").unwrap(), None);
+    e.put_meta("cluster", b"v1").unwrap();
+    e.put_meta("cluster", b"v2").unwrap();
+    // Names that look like the engine's own metadata do not touch it.
+    e.put_meta("epoch", b"x").unwrap();
+    assert_eq!(e.get_meta("cluster").unwrap().as_deref(), Some(&b"v2"[..]));
+    assert_eq!(e.get_meta("epoch").unwrap().as_deref(), Some(&b"x"[..]));
+    assert_eq!(e.get_meta("other").unwrap(), None);
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod rocks {
@@ -372,6 +383,7 @@ suite!(
     delete_is_causal,
     hints_merge_per_key_and_delete_only_delivered,
     merkle_tracks_writes,
+    app_metadata_is_kept_apart,
 );
 
 #[test]

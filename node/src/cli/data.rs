@@ -307,7 +307,7 @@ async fn connect(options: &DataOptions) -> Result<Client, CliError> {
 }
 
 /// The exit-code class of an SDK error.
-fn classify(e: Error) -> CliError {
+pub(crate) fn classify(e: Error) -> CliError {
     match e {
         Error::Unknown { .. } => CliError::Unknown(e.to_string()),
         // A write the store refused (the key holds another type, a value over its limit) is
@@ -332,7 +332,7 @@ fn request_options(options: &DataOptions) -> RequestOptions {
 }
 
 /// Connects as `options` say and runs `body` on a runtime of its own.
-fn with_client(
+pub(crate) fn with_client(
     options: DataOptions,
     body: impl AsyncFnOnce(&Client, &DataOptions) -> Result<(), CliError>,
 ) -> Result<(), CliError> {
@@ -397,7 +397,7 @@ fn json_bytes(bytes: &[u8]) -> Json {
     }
 }
 
-fn print_json(value: Json) {
+pub(crate) fn print_json(value: Json) {
     println!("{value}");
 }
 

@@ -10,6 +10,7 @@
 //! `node start` and `dev-cluster` need the `rocksdb` feature (on by default). The layout of a
 //! dev cluster's directory, which `--cluster DIR` reads, is documented in [`dev_cluster`].
 
+mod admin;
 mod cert;
 pub mod data;
 #[cfg(feature = "rocksdb")]
@@ -79,6 +80,12 @@ pub enum Command {
     Delete(data::KeyArgs),
     /// Print a key of any type.
     Get(data::KeyArgs),
+    /// Keyspaces: `create NAME --n N`.
+    Keyspace(admin::KeyspaceArgs),
+    /// The cluster: `status`.
+    Cluster(admin::ClusterArgs),
+    /// A key's partition, preference list, and each replica's digest read from that replica.
+    KeyInfo(admin::KeyInfoArgs),
 }
 
 /// Runs one parsed command.
@@ -94,6 +101,9 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Register(args) => data::run_register(args),
         Command::Delete(args) => data::run_delete(args),
         Command::Get(args) => data::run_get(args),
+        Command::Keyspace(args) => admin::run_keyspace(args),
+        Command::Cluster(args) => admin::run_cluster(args),
+        Command::KeyInfo(args) => admin::run_key_info(args),
     }
 }
 

@@ -8,18 +8,21 @@
 //! 3. The store: RocksDB in `data_dir/db` (created on first start), opened as an
 //!    [`Engine`](shoal_storage::Engine) with this node's id.
 //! 4. QUIC on `listen` with the node certificate from `tls_dir` (mutual TLS).
-//! 5. The ring members: this node, every seed (its node id learned by connecting to it with
-//!    [`Transport::discover`]), and every member learned on an earlier start (kept in
-//!    `data_dir/ring-members.toml`, so a node restarted while a seed is down keeps the same
-//!    ring). A seed neither reachable nor known from before is retried for
-//!    [`SEED_WAIT`]; after that the node does not start (exit 1), since a ring without it
-//!    would place keys differently from the other nodes' rings.
-//! 6. The [`Node`]: SWIM joins through the seeds; peer RPCs are served.
+//! 5. The seeds: each seed's node id is learned by connecting to it
+//!    ([`Transport::discover`]), and its cluster state (ring members, addresses, keyspaces)
+//!    is fetched when its node already serves. A seed that does not answer but is known from
+//!    an earlier start (the cluster state kept in the store) is taken as known; one neither
+//!    reachable nor known is retried for [`SEED_WAIT`], after which the node does not start
+//!    (exit 1).
+//! 6. The [`Node`]: it merges the kept state with the seeds' states, joins the ring itself
+//!    (and any seed the states do not list yet: nodes started together join each other in id
+//!    order, so they build the same ring at once), SWIM joins through the seeds, peer RPCs
+//!    are served.
 //!
-//! **Ring, for now.** The ring is built once at startup from those members and never
-//! changes while the node runs. Ring gossip (a node joining through any seed, ring changes
-//! at run time) is a later step; until then every node of a cluster must list every other
-//! node as a seed (a dev cluster does), so every node builds the same ring.
+//! **Ring.** After start the cluster state spreads by gossip (see [`crate::runtime`]): a node
+//! joining later through any one seed reaches every node's ring, and `shoal keyspace create`
+//! changes N everywhere. The state is kept in the store, so a restarted node knows the ring
+//! and its peers' addresses even while its seeds are down.
 //!
 //! **Stop.** On SIGTERM or SIGINT: SWIM announces the leave (peers mark this node left at
 //! once, without suspicion; it keeps its ring partitions), in-flight requests finish or fail
@@ -33,21 +36,21 @@
 //! incarnation (membership's "outbid an earlier life" rule), so the node is alive again in
 //! their views within one exchange. No incarnation file is needed.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
 use shoal_storage::{Engine, RocksStore};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::task::JoinSet;
 
 use super::CliError;
+use crate::cluster::ClusterState;
 use crate::config::{FileConfig, LogFormat, NodeSettings, Overrides};
 use crate::identity::NodeId;
+use crate::runtime::fetch_cluster;
 use crate::tls::TlsMaterial;
 use crate::transport::{Peer, QuicConfig, QuicTransport, Transport};
 use crate::{Node, NodeConfig};
@@ -59,8 +62,6 @@ pub const SEED_WAIT: Duration = Duration::from_secs(60);
 const DISCOVER_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pause between attempts to reach a seed.
 const DISCOVER_RETRY: Duration = Duration::from_millis(500);
-/// The ring members file under `data_dir`.
-const MEMBERS_FILE: &str = "ring-members.toml";
 
 /// `shoal node …`.
 #[derive(Debug, Subcommand)]
@@ -181,22 +182,25 @@ async fn run_node(settings: NodeSettings) -> Result<(), CliError> {
             .map_err(|e| CliError::Failed(e.to_string()))?;
     let local = transport.local().clone();
 
-    let members = tokio::select! {
-        members = ring_members(&transport, &settings) => members,
+    let known =
+        tokio::task::block_in_place(|| crate::cluster::load(&engine)).map_err(CliError::Failed)?;
+    let found = tokio::select! {
+        found = bootstrap(&transport, &settings, &known) => found,
         signal = signals.recv() => {
             tracing::info!(%signal, "stopped before joining");
             transport.shutdown().await;
             return Ok(());
         }
     };
-    let members = match members {
-        Ok(members) => members,
+    let (members, learned) = match found {
+        Ok(found) => found,
         Err(e) => {
             transport.shutdown().await;
             return Err(e);
         }
     };
-    let mut config = NodeConfig::new(members.clone());
+    let mut config = NodeConfig::new(members);
+    config.cluster = learned;
     config.seed = rand::random();
     let node = Arc::new(
         Node::start(config, transport.clone(), inbox, engine)
@@ -204,8 +208,14 @@ async fn run_node(settings: NodeSettings) -> Result<(), CliError> {
     );
     crate::service::spawn(node.clone(), client_inbox);
     write_pid_file(settings.pid_file.as_deref());
-    let ids: Vec<&str> = members.iter().map(|p| p.id.as_str()).collect();
-    tracing::info!(node = %local.id, addr = %local.addr, ring = ?ids, admin = %settings.admin, "node started");
+    let cluster = node.cluster();
+    let ids: Vec<&str> = cluster
+        .state
+        .ring()
+        .joined()
+        .map(|id| id.as_str())
+        .collect();
+    tracing::info!(node = %local.id, addr = %local.addr, ring = ?ids, ring_version = format_args!("{:016x}", cluster.version), admin = %settings.admin, "node started");
 
     let signal = signals.recv().await;
     tracing::info!(%signal, in_flight = node.in_flight(), "stopping: leaving the cluster");
@@ -239,85 +249,51 @@ fn open_engine(data_dir: &Path, id: &NodeId) -> Result<Arc<Engine<RocksStore>>, 
     Ok(Arc::new(engine))
 }
 
-/// The ring members file: node ids and addresses learned on earlier starts.
-#[derive(Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MembersFile {
-    /// Node id → address.
-    members: BTreeMap<String, SocketAddr>,
-}
-
-fn load_members(data_dir: &Path) -> BTreeMap<NodeId, SocketAddr> {
-    let path = data_dir.join(MEMBERS_FILE);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        return BTreeMap::new();
-    };
-    match toml::from_str::<MembersFile>(&text) {
-        Ok(file) => file
-            .members
-            .into_iter()
-            .filter_map(|(id, addr)| Some((NodeId::new(id).ok()?, addr)))
-            .collect(),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ring members file unreadable; ignored");
-            BTreeMap::new()
-        }
-    }
-}
-
-fn save_members(data_dir: &Path, members: &[Peer]) -> Result<(), CliError> {
-    let file = MembersFile {
-        members: members
-            .iter()
-            .map(|p| (p.id.as_str().to_owned(), p.addr))
-            .collect(),
-    };
-    let text = format!(
-        "# The ring members this node has learned (written by `shoal node start`).\n{}",
-        toml::to_string(&file).expect("members serialize")
-    );
-    let path = data_dir.join(MEMBERS_FILE);
-    let tmp = data_dir.join(format!("{MEMBERS_FILE}.tmp"));
-    std::fs::write(&tmp, text)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| CliError::Failed(format!("cannot write {}: {e}", path.display())))
-}
-
-/// This node, every seed, and every member remembered from earlier starts; see the module
-/// docs.
-async fn ring_members(
+/// The members to start with (this node and every seed) and the cluster state learned from
+/// the seeds; see the module docs.
+async fn bootstrap(
     transport: &QuicTransport,
     settings: &NodeSettings,
-) -> Result<Vec<Peer>, CliError> {
+    known: &ClusterState,
+) -> Result<(Vec<Peer>, ClusterState), CliError> {
     let local = transport.local().clone();
-    let known = load_members(&settings.data_dir);
-    let mut members: BTreeMap<NodeId, SocketAddr> = known.clone();
-    members.insert(local.id.clone(), local.addr);
-
+    let mut members = vec![local.clone()];
+    let mut learned = ClusterState::new();
     let mut tasks = JoinSet::new();
     for &seed in &settings.seeds {
         let transport = transport.clone();
         let remembered = known
-            .iter()
-            .find(|(id, addr)| **addr == seed && **id != local.id)
-            .map(|(id, _)| id.clone());
-        tasks.spawn(async move { (seed, discover(&transport, seed, remembered).await) });
+            .addrs()
+            .find(|(id, addr)| *addr == seed && id.as_str() != local.id.as_str())
+            .and_then(|(id, _)| NodeId::new(id.as_str()).ok());
+        tasks.spawn(async move {
+            let id = match discover(&transport, seed, remembered).await {
+                Ok(id) => id,
+                Err(e) => return (seed, Err(e)),
+            };
+            let peer = Peer { id, addr: seed };
+            // The seed's node may not serve yet (nodes started together): then its state
+            // arrives by gossip instead.
+            let state = fetch_cluster(&transport, &peer, DISCOVER_TIMEOUT).await;
+            if let Err(e) = &state {
+                tracing::info!(%seed, error = %e, "no cluster state from seed yet");
+            }
+            (seed, Ok((peer, state.ok())))
+        });
     }
     while let Some(joined) = tasks.join_next().await {
         let (seed, found) = joined.map_err(|e| CliError::Failed(format!("seed task: {e}")))?;
-        let id = found?;
-        if id == local.id {
+        let (peer, state) = found?;
+        if peer.id == local.id {
             tracing::warn!(%seed, "seed is this node; ignored");
             continue;
         }
-        members.insert(id, seed);
+        if let Some(state) = state {
+            learned.merge(&state);
+        }
+        members.push(peer);
     }
-    let members: Vec<Peer> = members
-        .into_iter()
-        .map(|(id, addr)| Peer { id, addr })
-        .collect();
-    save_members(&settings.data_dir, &members)?;
-    Ok(members)
+    Ok((members, learned))
 }
 
 /// The node id at `seed`: asked until it answers; if it does not answer the first time and

@@ -97,6 +97,12 @@ pub enum PeerRequest {
         /// Time the coordinator may take, in milliseconds.
         timeout_ms: u64,
     },
+    /// Send your cluster state (ring members, addresses, keyspaces). Answered with
+    /// [`PeerResponse::Cluster`].
+    PullCluster {
+        /// Tracing id.
+        id: RequestId,
+    },
 }
 
 impl PeerRequest {
@@ -107,7 +113,8 @@ impl PeerRequest {
             | PeerRequest::Read { id, .. }
             | PeerRequest::DeliverHint { id, .. }
             | PeerRequest::ForwardUpdate { id, .. }
-            | PeerRequest::ForwardGet { id, .. } => *id,
+            | PeerRequest::ForwardGet { id, .. }
+            | PeerRequest::PullCluster { id } => *id,
         }
     }
 }
@@ -141,6 +148,9 @@ pub enum PeerResponse {
     Updated(Result<(usize, Option<Vec<u8>>), WireFailure>),
     /// The outcome of a forwarded get: replies and the merged record.
     Got(Result<(usize, Option<Vec<u8>>), WireFailure>),
+    /// The receiver's encoded [`ClusterState`](crate::cluster::ClusterState) (answer to
+    /// `PullCluster`).
+    Cluster(Vec<u8>),
 }
 
 /// Encodes a request body.

@@ -32,7 +32,8 @@ fn place<T: Transport, S: Store>(
     quorum: usize,
     what: &str,
 ) -> Result<Placement, RequestError> {
-    let n = shared.config.n_for(keyspace);
+    let view = shared.view();
+    let n = super::n_for(&shared.config, &view.state, keyspace);
     if quorum == 0 || quorum > n {
         return Err(RequestError::Invalid(format!(
             "{what} = {quorum}, must be 1 to N = {n}"
@@ -45,10 +46,10 @@ fn place<T: Transport, S: Store>(
             key.len()
         )));
     }
-    let partition = shared.ring.partition_of(&key);
+    let partition = view.ring.partition_of(&key);
     let selection = select_targets(
-        shared.ring.preference_list(partition),
-        shared.ring.primaries(partition).len(),
+        view.ring.preference_list(partition),
+        view.ring.primaries(partition).len(),
         n,
         |m| shared.is_live(m),
     );

@@ -23,15 +23,21 @@
 //! requests to healthy ones, and background work (read repair, handoff) cannot take the
 //! foreground's share.
 //!
-//! **Ring.** For now the ring is a fixed [`RingState`] in which every configured member
-//! ([`NodeConfig::members`]) joined at startup, identical on every node; ring gossip (joins
-//! and removals at run time) is a later step. SWIM liveness never changes the ring: a dead
-//! node keeps its partitions and fallbacks serve them.
+//! **Ring.** The ring is a pure function of the cluster state
+//! ([`ClusterState`](crate::cluster::ClusterState): ring members, their addresses, N per
+//! keyspace), a CRDT spread by gossip (see the `swim` task) and kept in the store's metadata.
+//! At start the node merges the state it kept, the state learned from seeds
+//! ([`NodeConfig::cluster`]) and joins every configured member that has no ring entry yet (in
+//! id order, so nodes started together with the same members build the same ring at once).
+//! SWIM liveness never changes the ring: a dead node keeps its partitions and fallbacks serve
+//! them. Keyspaces are created at run time ([`Node::create_keyspace`]); their N spreads the
+//! same way.
 //!
 //! **Keys.** A client key lives in a keyspace; its storage key is
 //! `len(keyspace) as u8 ‖ keyspace ‖ key`, and its partition is the ring partition of that
-//! storage key. N is per keyspace ([`NodeConfig::keyspaces`], default
-//! [`NodeConfig::default_n`] = 3, at most the ring's replicas); R and W are per request.
+//! storage key. N is per keyspace (set by [`Node::create_keyspace`]; a keyspace never created
+//! has [`NodeConfig::default_n`] = 3; never more than the ring's replicas); R and W are per
+//! request.
 //!
 //! **Coordinator.** A node that is not among a key's targets forwards the request to the
 //! first target that takes it; a forwarded request is never forwarded again (a node that is
@@ -58,11 +64,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use shoal_membership::{NodeId as MemberId, Ring, RingConfig, RingState, SwimConfig};
+use shoal_membership::{NodeId as MemberId, RingConfig, SwimConfig};
 use shoal_storage::{Engine, Store};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::{ClusterState, ClusterView, KeyspaceError};
 use crate::request::{Acknowledged, GetOutcome, RequestError};
 use crate::transport::{Inbox, Peer, Transport};
 pub use metrics::MetricsSnapshot;
@@ -76,19 +83,23 @@ pub const DEFAULT_W: usize = 2;
 /// Settings of a [`Node`].
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Every member of the cluster, this node included (id and address). They all join the
-    /// ring at startup and serve as SWIM seeds.
+    /// Members known at start, this node included (id and address): each joins the ring if
+    /// the cluster state has no entry for it yet, and serves as a SWIM seed.
     pub members: Vec<Peer>,
+    /// Cluster state learned before starting (from seeds); merged with the state kept in the
+    /// store.
+    pub cluster: ClusterState,
+    /// Time between two pulls of the cluster state from a member that announces another
+    /// version. Default 2 s.
+    pub cluster_sync: Duration,
     /// Q, N (the most any keyspace may use), fallbacks, virtual nodes. Same on every node.
     pub ring: RingConfig,
     /// SWIM settings.
     pub swim: SwimConfig,
     /// Seed of the SWIM RNG (probe order, gossip targets), so a simulation replays.
     pub seed: u64,
-    /// N of a keyspace not listed in `keyspaces`. Default 3.
+    /// N of a keyspace never created. Default 3, at most `ring.replicas`.
     pub default_n: usize,
-    /// N per keyspace, each at most `ring.replicas`.
-    pub keyspaces: BTreeMap<String, usize>,
     /// In-flight foreground RPCs (client requests) per peer. Default 64. More queues more
     /// work on a slow peer; fewer sheds load sooner.
     pub peer_concurrency: usize,
@@ -117,11 +128,12 @@ impl NodeConfig {
         let n = members.len();
         Self {
             members,
+            cluster: ClusterState::new(),
+            cluster_sync: Duration::from_secs(2),
             ring: RingConfig::default(),
             swim: SwimConfig::lan(n),
             seed: 0,
             default_n: 3,
-            keyspaces: BTreeMap::new(),
             peer_concurrency: 64,
             background_concurrency: 8,
             peer_queue: 256,
@@ -141,19 +153,20 @@ impl NodeConfig {
                 ..RingConfig::default()
             },
             swim: SwimConfig::for_test(),
+            cluster_sync: Duration::from_millis(500),
             handoff_interval: Duration::from_secs(2),
             background_timeout: Duration::from_secs(2),
             ..Self::new(members)
         }
     }
+}
 
-    /// N of `keyspace`.
-    pub fn n_for(&self, keyspace: &str) -> usize {
-        self.keyspaces
-            .get(keyspace)
-            .copied()
-            .unwrap_or(self.default_n)
-    }
+/// N of `keyspace` in `state`: as created, else the default; never above the ring's replicas.
+pub(crate) fn n_for(config: &NodeConfig, state: &ClusterState, keyspace: &str) -> usize {
+    state
+        .keyspace(keyspace)
+        .unwrap_or(config.default_n)
+        .min(config.ring.replicas)
 }
 
 /// A node could not start; nothing is running.
@@ -171,6 +184,38 @@ pub struct HintBacklog {
     pub keys: u64,
     /// Age of the oldest hint (wall clock; metrics only).
     pub oldest_age: Option<Duration>,
+}
+
+/// A keyspace change that did not happen.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyspaceChangeError {
+    /// The name or N is out of range.
+    #[error(transparent)]
+    Invalid(#[from] KeyspaceError),
+    /// The new state could not be persisted.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<String> for KeyspaceChangeError {
+    fn from(message: String) -> Self {
+        Self::Storage(message)
+    }
+}
+
+/// One member as SWIM reports it to this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    /// Node id.
+    pub id: String,
+    /// Alive, suspect, dead or left.
+    pub state: shoal_membership::MemberState,
+    /// The member's incarnation.
+    pub incarnation: u64,
+    /// Its address.
+    pub addr: std::net::SocketAddr,
+    /// The cluster-state version it announced.
+    pub ring_version: u64,
 }
 
 /// A running node. Dropping it does not stop it: call [`shutdown`](Self::shutdown) (or, in
@@ -198,37 +243,41 @@ impl<T: Transport, S: Store> Node<T, S> {
                 local.id
             )));
         }
-        let mut state = RingState::new();
-        for peer in &config.members {
-            let id =
-                MemberId::new(peer.id.as_str()).map_err(|e| StartError::Config(e.to_string()))?;
-            state.join(id);
-        }
         if !config.members.contains(&local) {
             return Err(StartError::Config(format!(
                 "{} is not among the members",
                 local.id
             )));
         }
-        let ring =
-            Ring::build(&state, &config.ring).map_err(|e| StartError::Config(e.to_string()))?;
-        for (keyspace, n) in config
-            .keyspaces
-            .iter()
-            .map(|(k, n)| (k.as_str(), *n))
-            .chain([("(default)", config.default_n)])
-        {
-            if n == 0 || n > config.ring.replicas {
-                return Err(StartError::Config(format!(
-                    "keyspace {keyspace}: N = {n}, must be 1 to {}",
-                    config.ring.replicas
-                )));
+        if config.default_n == 0 || config.default_n > config.ring.replicas {
+            return Err(StartError::Config(format!(
+                "default N = {}, must be 1 to {}",
+                config.default_n, config.ring.replicas
+            )));
+        }
+        let mut state =
+            shared::blocking(|| crate::cluster::load(&engine)).map_err(StartError::Config)?;
+        state.merge(&config.cluster);
+        let mut members = Vec::with_capacity(config.members.len());
+        for peer in &config.members {
+            let id =
+                MemberId::new(peer.id.as_str()).map_err(|e| StartError::Config(e.to_string()))?;
+            members.push((id, peer.addr));
+        }
+        members.sort();
+        for (id, addr) in &members {
+            state.join_if_absent(id);
+            if state.addr(id).is_none() || id.as_str() == local.id.as_str() {
+                state.set_addr(id, *addr);
             }
         }
+        let view = ClusterView::build(state, &config.ring).map_err(StartError::Config)?;
+        shared::blocking(|| crate::cluster::save(&engine, &view.state))
+            .map_err(|e| StartError::Config(format!("cluster state not persisted: {e}")))?;
         let (handoff_tx, handoff_rx) = mpsc::channel(64);
         let (swim_tx, swim_rx) = mpsc::channel(8);
         let shared = Arc::new(Shared::new(
-            config, transport, engine, ring, handoff_tx, swim_tx,
+            config, transport, engine, view, handoff_tx, swim_tx,
         ));
         let Inbox { datagrams, rpcs } = inbox;
         shared.spawn(swim::run(shared.clone(), datagrams, swim_rx));
@@ -284,14 +333,76 @@ impl<T: Transport, S: Store> Node<T, S> {
         &self.shared.engine
     }
 
-    /// The node's settings (members and their addresses, N per keyspace).
+    /// The node's settings.
     pub fn config(&self) -> &NodeConfig {
         &self.shared.config
     }
 
-    /// The placement ring.
-    pub fn ring(&self) -> &Ring {
-        &self.shared.ring
+    /// The cluster state this node holds and the ring built from it.
+    pub fn cluster(&self) -> Arc<ClusterView> {
+        self.shared.view()
+    }
+
+    /// N of `keyspace` in this node's view.
+    pub fn n_for(&self, keyspace: &str) -> usize {
+        n_for(&self.shared.config, &self.shared.view().state, keyspace)
+    }
+
+    /// Sets `keyspace`'s N (1 to the ring's replicas), creating the keyspace if needed. The
+    /// change is durable here when this returns and spreads to the other nodes by gossip.
+    /// Returns the new cluster-state version. A bad name or N changes nothing.
+    pub fn create_keyspace(&self, keyspace: &str, n: usize) -> Result<u64, KeyspaceChangeError> {
+        let max = self.shared.config.ring.replicas;
+        let version = self.shared.change_cluster(|state| {
+            state.set_keyspace(keyspace, n, max)?;
+            Ok::<_, KeyspaceChangeError>(true)
+        })?;
+        Ok(version.unwrap_or_else(|| self.shared.view().version))
+    }
+
+    /// This node's SWIM incarnation.
+    pub fn incarnation(&self) -> u64 {
+        self.shared
+            .incarnation
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The address of member `id` as this node knows it (SWIM, else the cluster state).
+    pub fn addr_of(&self, id: &str) -> Option<std::net::SocketAddr> {
+        let local = self.shared.transport.local();
+        if local.id.as_str() == id {
+            return Some(local.addr);
+        }
+        let id = MemberId::new(id).ok()?;
+        self.shared
+            .peer(&id)
+            .map(|p| p.addr)
+            .or_else(|| self.shared.view().state.addr(&id))
+    }
+
+    /// This node's own record of a storage key, from its store (no quorum).
+    pub fn read_local(
+        &self,
+        partition: u32,
+        storage_key: &[u8],
+    ) -> Result<Option<shoal_storage::Record>, shoal_storage::StorageError> {
+        shared::blocking(|| self.shared.engine.get_record(partition, storage_key))
+    }
+
+    /// What SWIM knows of every other member: state, incarnation, address, announced
+    /// cluster-state version.
+    pub fn member_views(&self) -> Vec<MemberStatus> {
+        self.shared
+            .member_views()
+            .into_iter()
+            .map(|(id, m)| MemberStatus {
+                id: id.as_str().to_owned(),
+                state: m.state,
+                incarnation: m.incarnation,
+                addr: m.addr,
+                ring_version: m.ring_version,
+            })
+            .collect()
     }
 
     /// Whether this node's SWIM view counts `id` as live: alive, suspect, or not heard of yet
@@ -365,6 +476,28 @@ impl<T: Transport, S: Store> Node<T, S> {
     /// The token that stops this node's tasks.
     pub fn cancellation(&self) -> CancellationToken {
         self.shared.cancel.clone()
+    }
+}
+
+/// Asks `peer` for its cluster state, at most `timeout` (used before a node starts, to learn
+/// the ring from its seeds).
+pub async fn fetch_cluster<T: Transport>(
+    transport: &T,
+    peer: &Peer,
+    timeout: Duration,
+) -> Result<ClusterState, String> {
+    use crate::request::message::{self, PeerRequest, PeerResponse};
+    let body = message::encode_request(&PeerRequest::PullCluster {
+        id: crate::request::RequestId(0),
+    })
+    .map_err(|e| e.to_string())?;
+    let answer = transport
+        .rpc(peer, bytes::Bytes::from(body), timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    match message::decode_response(&answer).map_err(|e| e.to_string())? {
+        PeerResponse::Cluster(bytes) => ClusterState::decode(&bytes).map_err(|e| e.to_string()),
+        other => Err(format!("unexpected answer {other:?}")),
     }
 }
 

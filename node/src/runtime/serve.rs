@@ -120,6 +120,12 @@ async fn serve<T: Transport, S: Store>(
                     .map_err(to_wire),
             ))
         }
+        PeerRequest::PullCluster { .. } => shared
+            .view()
+            .state
+            .encode()
+            .map(PeerResponse::Cluster)
+            .map_err(|e| e.to_string()),
         PeerRequest::ForwardGet {
             keyspace,
             key,

@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use shoal_membership::{MemberState, NodeId as MemberId, Ring};
+use shoal_membership::{MemberState, NodeId as MemberId};
+
+use crate::cluster::{ClusterState, ClusterView};
 use shoal_storage::{Actor, Engine, Store};
 use tokio::sync::{OnceCell, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -152,19 +154,33 @@ impl Budget {
     }
 }
 
+/// What this node knows of a member from SWIM.
+#[derive(Debug, Clone)]
+pub(crate) struct MemberView {
+    pub(crate) state: MemberState,
+    pub(crate) incarnation: u64,
+    pub(crate) addr: std::net::SocketAddr,
+    /// The cluster-state version the member announced.
+    pub(crate) ring_version: u64,
+}
+
 pub(crate) struct Shared<T: Transport, S: Store> {
     pub(crate) config: NodeConfig,
     pub(crate) local: MemberId,
     pub(crate) transport: T,
     pub(crate) engine: Arc<Engine<S>>,
-    pub(crate) ring: Ring,
+    cluster: RwLock<Arc<ClusterView>>,
+    /// Serializes changes of the cluster state (read, change, persist, publish).
+    cluster_change: Mutex<()>,
     pub(crate) cancel: CancellationToken,
     pub(crate) handoff_wake: mpsc::Sender<MemberId>,
     pub(crate) swim_commands: mpsc::Sender<Command>,
     pub(crate) dedup: Dedup,
+    /// This node's SWIM incarnation, as the SWIM task last saw it.
+    pub(crate) incarnation: AtomicU64,
     pub(crate) metrics: Metrics,
     peers: RwLock<HashMap<MemberId, Peer>>,
-    live: RwLock<HashMap<MemberId, MemberState>>,
+    live: RwLock<HashMap<MemberId, MemberView>>,
     budgets: Mutex<HashMap<MemberId, Budgets>>,
     next_id: AtomicU64,
     id_prefix: u64,
@@ -177,27 +193,35 @@ impl<T: Transport, S: Store> Shared<T, S> {
         config: NodeConfig,
         transport: T,
         engine: Arc<Engine<S>>,
-        ring: Ring,
+        cluster: ClusterView,
         handoff_wake: mpsc::Sender<MemberId>,
         swim_commands: mpsc::Sender<Command>,
     ) -> Self {
         let local_str = transport.local().id.as_str().to_owned();
-        let peers = config
-            .members
-            .iter()
-            .filter_map(|p| Some((MemberId::new(p.id.as_str()).ok()?, p.clone())))
-            .collect();
+        let mut peers: HashMap<MemberId, Peer> = HashMap::new();
+        for (id, addr) in cluster.state.addrs() {
+            if let Ok(node) = crate::identity::NodeId::new(id.as_str()) {
+                peers.insert(id.clone(), Peer { id: node, addr });
+            }
+        }
+        for p in &config.members {
+            if let Ok(id) = MemberId::new(p.id.as_str()) {
+                peers.insert(id, p.clone());
+            }
+        }
         Self {
             local: MemberId::new(local_str.clone()).expect("transport ids are valid member ids"),
             id_prefix: id_prefix(&local_str),
             config,
             transport,
             engine,
-            ring,
+            cluster: RwLock::new(Arc::new(cluster)),
+            cluster_change: Mutex::new(()),
             cancel: CancellationToken::new(),
             handoff_wake,
             swim_commands,
             dedup: Dedup::new(),
+            incarnation: AtomicU64::new(0),
             metrics: Metrics::default(),
             peers: RwLock::new(peers),
             live: RwLock::new(HashMap::new()),
@@ -249,7 +273,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
     pub(crate) fn is_live(&self, id: &MemberId) -> bool {
         *id == self.local
             || !matches!(
-                read(&self.live).get(id),
+                read(&self.live).get(id).map(|m| m.state),
                 Some(MemberState::Dead | MemberState::Left)
             )
     }
@@ -258,8 +282,68 @@ impl<T: Transport, S: Store> Shared<T, S> {
         read(&self.live).len()
     }
 
-    pub(crate) fn set_state(&self, id: MemberId, state: MemberState) {
-        write(&self.live).insert(id, state);
+    pub(crate) fn set_member(&self, id: MemberId, view: MemberView) {
+        write(&self.live).insert(id, view);
+    }
+
+    /// Every member SWIM told this node about (not this node).
+    pub(crate) fn member_views(&self) -> Vec<(MemberId, MemberView)> {
+        let mut out: Vec<_> = read(&self.live)
+            .iter()
+            .map(|(id, m)| (id.clone(), m.clone()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// The current cluster state and ring.
+    pub(crate) fn view(&self) -> Arc<ClusterView> {
+        read(&self.cluster).clone()
+    }
+
+    /// Changes the cluster state with `change` (which says whether it changed anything) and,
+    /// if it did, persists the new state, rebuilds the ring and publishes both; SWIM then
+    /// announces the new version. This node's own address is kept current in the state.
+    /// Returns the new version, or `None` if nothing changed. An error of `change` or of the
+    /// store changes nothing.
+    pub(crate) fn change_cluster<E: From<String>>(
+        &self,
+        change: impl FnOnce(&mut ClusterState) -> Result<bool, E>,
+    ) -> Result<Option<u64>, E> {
+        let _serial = self
+            .cluster_change
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let current = self.view();
+        let mut state = current.state.clone();
+        let changed = change(&mut state)?;
+        let local = self.transport.local();
+        let own_addr = state.set_addr(&self.local, local.addr);
+        if !changed && !own_addr {
+            return Ok(None);
+        }
+        let view = ClusterView::build(state, &self.config.ring).map_err(E::from)?;
+        blocking(|| crate::cluster::save(&self.engine, &view.state))
+            .map_err(|e| E::from(format!("cluster state not persisted: {e}")))?;
+        for (id, addr) in view.state.addrs() {
+            if *id != self.local
+                && let Ok(node) = crate::identity::NodeId::new(id.as_str())
+            {
+                let mut peers = write(&self.peers);
+                // SWIM's address is fresher than gossip's for a live member.
+                peers.entry(id.clone()).or_insert(Peer { id: node, addr });
+            }
+        }
+        let version = view.version;
+        tracing::info!(
+            ring_version = format_args!("{version:016x}"),
+            members = view.state.ring().joined().count(),
+            "cluster state changed"
+        );
+        *write(&self.cluster) = Arc::new(view);
+        // A full queue is fine: the SWIM task also compares versions on every sync tick.
+        let _ = self.swim_commands.try_send(Command::ClusterChanged);
+        Ok(Some(version))
     }
 
     pub(crate) fn peer(&self, id: &MemberId) -> Option<Peer> {

@@ -1,10 +1,22 @@
-//! The SWIM task: drives [`Swim`] over transport datagrams and publishes the liveness view.
+//! The SWIM task: drives [`Swim`] over transport datagrams, publishes the liveness view, and
+//! spreads the cluster state.
+//!
+//! **Cluster-state gossip.** Each member's SWIM metadata carries the version (digest) of the
+//! cluster state it holds ([`ClusterState`](crate::cluster::ClusterState)). A node that learns
+//! of a member whose version differs from its own pulls that member's state (one background
+//! RPC) and merges it; if its own state changed, it announces its new version in its metadata
+//! (which raises its incarnation, so the change outruns older gossip). Every
+//! [`NodeConfig::cluster_sync`](super::NodeConfig::cluster_sync) it also pulls from one random
+//! live member that announces another version, so a missed event costs one interval. The
+//! states are CRDTs, so pulls in any order converge: once changes stop, every connected node
+//! ends with the same state and the same ring.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rand::SeedableRng;
+use rand::seq::IndexedRandom;
 use rand_chacha::ChaCha8Rng;
 use shoal_membership::{
     Effect, Event, MemberMeta, MemberState, NodeId as MemberId, Swim, Timer, Transmit,
@@ -12,8 +24,10 @@ use shoal_membership::{
 use shoal_storage::Store;
 use tokio::sync::mpsc;
 
-use super::shared::Shared;
+use super::shared::{Class, MemberView, Shared};
+use crate::cluster::ClusterState;
 use crate::identity::NodeId;
+use crate::request::message::{PeerRequest, PeerResponse};
 use crate::transport::{Datagram, Peer, Transport};
 
 /// Commands to the SWIM task.
@@ -21,6 +35,8 @@ use crate::transport::{Datagram, Peer, Transport};
 pub(crate) enum Command {
     /// Leave gracefully.
     Leave,
+    /// The cluster state changed: announce its new version.
+    ClusterChanged,
 }
 
 pub(crate) async fn run<T: Transport, S: Store>(
@@ -32,21 +48,39 @@ pub(crate) async fn run<T: Transport, S: Store>(
     let rng = ChaCha8Rng::seed_from_u64(
         shared.config.seed ^ shoal_storage::Actor::node_hash(me.id.as_str()),
     );
+    let meta = |version| MemberMeta {
+        ring_version: version,
+        ..MemberMeta::new(me.addr)
+    };
+    let mut announced = shared.view().version;
     let mut swim = Swim::new(
         shared.local.clone(),
-        MemberMeta::new(me.addr),
+        meta(announced),
         shared.config.swim.clone(),
         rng,
         shared.now(),
     );
-    let seeds: Vec<_> = shared
+    // Seeds: the configured members and every address the cluster state remembers.
+    let mut seeds: Vec<_> = shared
         .config
         .members
         .iter()
         .filter(|p| p.id != me.id)
         .map(|p| p.addr)
         .collect();
+    for (id, addr) in shared.view().state.addrs() {
+        if *id != shared.local && !seeds.contains(&addr) {
+            seeds.push(addr);
+        }
+    }
     swim.join(&seeds, shared.now());
+    let pulling = Arc::new(Mutex::new(HashSet::new()));
+    let mut sync_rng = ChaCha8Rng::seed_from_u64(shared.config.seed.rotate_left(17) ^ 0x5eed);
+    let mut sync = tokio::time::interval_at(
+        tokio::time::Instant::now() + shared.config.cluster_sync,
+        shared.config.cluster_sync,
+    );
+    sync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // Timers by due time; the sequence number keeps equal due times in arming order.
     let mut timers: BTreeMap<(std::time::Duration, u64), Timer> = BTreeMap::new();
     let mut seq = 0u64;
@@ -58,9 +92,13 @@ pub(crate) async fn run<T: Transport, S: Store>(
                     timers.insert((at, seq), timer);
                     seq += 1;
                 }
-                Effect::Event(event) => on_event(&shared, event),
+                Effect::Event(event) => on_event(&shared, &pulling, event),
             }
         }
+        shared.incarnation.store(
+            swim.local().incarnation,
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let next = timers.first_key_value().map(|((at, _), _)| *at);
         let sleep = async {
             match next {
@@ -84,8 +122,24 @@ pub(crate) async fn run<T: Transport, S: Store>(
             }
             command = commands.recv() => match command {
                 Some(Command::Leave) => swim.leave(shared.now()),
+                Some(Command::ClusterChanged) => {
+                    announce(&shared, &mut swim, &mut announced, &meta);
+                }
                 None => return,
             },
+            _ = sync.tick() => {
+                announce(&shared, &mut swim, &mut announced, &meta);
+                let behind: Vec<MemberId> = swim
+                    .members()
+                    .filter(|m| m.id != shared.local)
+                    .filter(|m| matches!(m.state, MemberState::Alive | MemberState::Suspect))
+                    .filter(|m| m.meta.ring_version != 0 && m.meta.ring_version != announced)
+                    .map(|m| m.id.clone())
+                    .collect();
+                if let Some(id) = behind.choose(&mut sync_rng) {
+                    pull(&shared, &pulling, id.clone());
+                }
+            }
             datagram = datagrams.recv() => {
                 let Some(datagram) = datagram else { return };
                 if let Err(e) = swim.handle_message(datagram.from.addr, &datagram.payload, shared.now()) {
@@ -123,7 +177,66 @@ fn send<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, transmit: Transmit) 
     }
 }
 
-fn on_event<T: Transport, S: Store>(shared: &Shared<T, S>, event: Event) {
+/// Announces the cluster state's version in this node's metadata if it is not announced yet.
+fn announce<T: Transport, S: Store, R: rand::Rng>(
+    shared: &Shared<T, S>,
+    swim: &mut Swim<R>,
+    announced: &mut u64,
+    meta: &impl Fn(u64) -> MemberMeta,
+) {
+    let version = shared.view().version;
+    if version != *announced {
+        *announced = version;
+        swim.update_meta(meta(version), shared.now());
+    }
+}
+
+/// Pulls `from`'s cluster state and merges it, in the background; at most one pull per member
+/// at a time.
+fn pull<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pulling: &Arc<Mutex<HashSet<MemberId>>>,
+    from: MemberId,
+) {
+    if !pulling
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(from.clone())
+    {
+        return;
+    }
+    let shared2 = shared.clone();
+    let pulling = pulling.clone();
+    shared.spawn(async move {
+        let request = PeerRequest::PullCluster {
+            id: shared2.next_request_id(),
+        };
+        let timeout = shared2.config.background_timeout;
+        let result = match shared2
+            .call(&from, &request, timeout, Class::Background)
+            .await
+        {
+            Ok(PeerResponse::Cluster(bytes)) => ClusterState::decode(&bytes)
+                .map_err(|e| format!("bad cluster state: {e}"))
+                .and_then(|theirs| shared2.change_cluster(|s| Ok::<_, String>(s.merge(&theirs)))),
+            Ok(other) => Err(format!("unexpected answer {other:?}")),
+            Err(e) => Err(e.message),
+        };
+        if let Err(e) = result {
+            tracing::debug!(from = %from, error = %e, "cluster state pull failed");
+        }
+        pulling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&from);
+    });
+}
+
+fn on_event<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pulling: &Arc<Mutex<HashSet<MemberId>>>,
+    event: Event,
+) {
     let (member, state) = match &event {
         Event::Up(m) | Event::Recovered(m) | Event::MetadataChanged(m) => (m, m.state),
         Event::Suspect(m) => (m, MemberState::Suspect),
@@ -154,7 +267,22 @@ fn on_event<T: Transport, S: Store>(shared: &Shared<T, S>, event: Event) {
             },
         );
     }
-    shared.set_state(member.id.clone(), state);
+    shared.set_member(
+        member.id.clone(),
+        MemberView {
+            state,
+            incarnation: member.incarnation,
+            addr: member.meta.addr,
+            ring_version: member.meta.ring_version,
+        },
+    );
+    let version = member.meta.ring_version;
+    if matches!(state, MemberState::Alive | MemberState::Suspect)
+        && version != 0
+        && version != shared.view().version
+    {
+        pull(shared, pulling, member.id.clone());
+    }
     if matches!(event, Event::Up(_) | Event::Recovered(_)) {
         // A full queue is fine: the periodic handoff pass covers it.
         let _ = shared.handoff_wake.try_send(MemberId::clone(&member.id));

@@ -16,6 +16,18 @@ pub const TIMEOUT: Duration = Duration::from_secs(2);
 
 pub type SimNode = Node<MemoryTransport, MemoryStore>;
 
+/// Waits until `cond` holds, polling every 50 ms of virtual time, for at most `limit`.
+pub async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 pub struct Cluster {
     pub net: MemoryNetwork,
     pub config: NodeConfig,
@@ -91,9 +103,10 @@ impl Cluster {
     pub fn primaries(&self, key: &[u8]) -> (u32, Vec<usize>) {
         let node = self.node(self.up()[0]);
         let skey = storage_key(KEYSPACE, key).unwrap();
-        let partition = node.ring().partition_of(&skey);
-        let primaries = node
-            .ring()
+        let cluster = node.cluster();
+        let partition = cluster.ring.partition_of(&skey);
+        let primaries = cluster
+            .ring
             .primaries(partition)
             .iter()
             .map(|id| id.as_str()[1..].parse().unwrap())
