@@ -284,6 +284,9 @@ pub struct ReplicaState {
     pub digest: Option<u128>,
     /// Whether the node replicates the key's partition (a primary in its ring view).
     pub primary: bool,
+    /// What a client would read from this replica alone; `None` without a record or for a
+    /// deleted key.
+    pub view: Option<View>,
 }
 
 /// The routing table: enough to send each request to a live replica of its key.
@@ -477,6 +480,7 @@ mod tests {
                 kind: Some(Kind::Counter),
                 digest: Some(u128::MAX - 1),
                 primary: true,
+                view: Some(View::Counter(-4)),
             }),
             ClientResponse::Error(ErrorReply {
                 outcome: WireOutcome::Unknown,

@@ -304,8 +304,15 @@ fn inspect<T: Transport, S: Store>(
         .iter()
         .take(view.ring.primaries(partition).len().min(n))
         .any(|id| id.as_str() == node.id().id.as_str());
-    match node.read_local(partition.0, &storage_key) {
-        Ok(record) => ClientResponse::Inspected(ReplicaState {
+    let value = node
+        .read_local(partition.0, &storage_key)
+        .and_then(|record| {
+            let value = record.as_ref().map(|r| r.decode()).transpose()?;
+            Ok((record, value))
+        });
+    match value {
+        Ok((record, value)) => ClientResponse::Inspected(ReplicaState {
+            view: value.filter(|v| v.is_present()).map(|v| v.view()),
             node_id: node.id().id.to_string(),
             partition: partition.0,
             kind: record.as_ref().map(|r| r.kind()),

@@ -173,8 +173,30 @@ impl<S: Store> Engine<S> {
         key: &[u8],
         update: &Update,
     ) -> Result<Written, StorageError> {
+        self.apply_with_hints(partition, key, update, &[])
+    }
+
+    /// [`apply`](Self::apply), and in the same durable write a hint of the new state for each
+    /// of `hint_for` (merged into any hint already held for it, as
+    /// [`put_hint`](Self::put_hint) does).
+    ///
+    /// A coordinator writes these *before* it sends the state to the other replicas and removes
+    /// each ([`remove_hints`](Self::remove_hints)) once that replica confirmed: if it crashes
+    /// in between, the hints deliver the update after it restarts, so no replica misses an
+    /// update whose coordinator died.
+    pub fn apply_with_hints(
+        &self,
+        partition: Partition,
+        key: &[u8],
+        update: &Update,
+        hint_for: &[&str],
+    ) -> Result<Written, StorageError> {
         check_len(Limit::Key, key.len())?;
         update.validate()?;
+        let hint_keys = hint_for
+            .iter()
+            .map(|target| hint_key(target, partition, key))
+            .collect::<Result<Vec<_>, _>>()?;
         let dk = data_key(partition, key);
         let _guard = self.stripe(&dk[..DATA_PREFIX_LEN]).lock();
         let old = self.read_record(partition, key, &dk)?;
@@ -193,7 +215,11 @@ impl<S: Store> Engine<S> {
         value.apply(self.actor, update)?;
         let record = Record::encode(&value)?;
         let old_hash = old.as_ref().map(Record::hash);
-        self.persist(partition, key, dk, old_hash, &record)?;
+        let mut hints = Vec::with_capacity(hint_keys.len());
+        for hk in hint_keys {
+            hints.push(self.merged_hint(hk, &record)?);
+        }
+        self.persist(partition, key, dk, old_hash, &record, hints)?;
         Ok(Written {
             changed: old_hash != Some(record.hash()),
             value: Some(value),
@@ -370,6 +396,8 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
+    /// Writes `record` for `key` (unless unchanged) and the `extra` operations in one batch,
+    /// then updates the Merkle tree. The caller holds the key's stripe.
     fn persist(
         &self,
         partition: Partition,
@@ -377,24 +405,56 @@ impl<S: Store> Engine<S> {
         dk: Vec<u8>,
         old_hash: Option<ValueHash>,
         record: &Record,
+        extra: Vec<BatchOp>,
     ) -> Result<(), StorageError> {
         let new_hash = record.hash();
-        if old_hash == Some(new_hash) {
+        let changed = old_hash != Some(new_hash);
+        let mut batch = extra;
+        if changed {
+            batch.push(BatchOp::Put(Column::Data, dk, record.as_bytes().to_vec()));
+        }
+        if batch.is_empty() {
             return Ok(());
         }
-        self.store.write(vec![BatchOp::Put(
-            Column::Data,
-            dk,
-            record.as_bytes().to_vec(),
-        )])?;
-        self.tree(partition)
-            .lock()
-            .update(key, old_hash, Some(new_hash));
+        self.store.write(batch)?;
+        if changed {
+            self.tree(partition)
+                .lock()
+                .update(key, old_hash, Some(new_hash));
+        }
         Ok(())
     }
 
-    /// The lock of a data key (or hint key). Data keys lock by partition and Merkle leaf, so one
-    /// stripe covers a whole leaf (see [`Self::refresh_leaf`]); hint keys lock by the whole key.
+    /// The write that makes the hint at `hk` hold `record` merged into what it holds. The
+    /// caller holds the key's stripe.
+    fn merged_hint(&self, hk: Vec<u8>, record: &Record) -> Result<BatchOp, StorageError> {
+        let (created_ms, merged) = match self
+            .store
+            .get(Column::Hints, &hk)?
+            .map(|raw| split_hint(&raw))
+        {
+            Some(Ok((created_ms, held))) if held.hash() == record.hash() => (created_ms, held),
+            Some(Ok((created_ms, held))) => {
+                let mut value = held.decode()?;
+                value.merge(
+                    record
+                        .decode()
+                        .map_err(|e| StorageError::Malformed(e.to_string()))?,
+                )?;
+                (created_ms, Record::encode(&value)?)
+            }
+            // A corrupt hint is replaced: the incoming state is at least as new as what it held
+            // for this write path, and anti-entropy covers the rest.
+            Some(Err(_)) | None => (now_ms(), record.clone()),
+        };
+        let mut stored = created_ms.to_le_bytes().to_vec();
+        stored.extend_from_slice(merged.as_bytes());
+        Ok(BatchOp::Put(Column::Hints, hk, stored))
+    }
+
+    /// The lock of a data key. Data keys lock by partition and Merkle leaf, so one stripe
+    /// covers a whole leaf (see [`Self::refresh_leaf`]); a key's hints take its data key's
+    /// stripe, so a write and its hints change together.
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
         &self.stripes[self.stripe_index(key)]
     }
@@ -510,30 +570,15 @@ impl<S: Store> Engine<S> {
         record: &Record,
     ) -> Result<(), StorageError> {
         check_len(Limit::Key, key.len())?;
-        let incoming = record
+        record
             .decode()
             .map_err(|e| StorageError::Malformed(e.to_string()))?;
         let hk = hint_key(target, partition, key)?;
-        let _guard = self.stripe(&hk).lock();
-        let (created_ms, value) = match self
-            .store
-            .get(Column::Hints, &hk)?
-            .map(|raw| split_hint(&raw))
-        {
-            Some(Ok((created_ms, held))) => {
-                let mut value = held.decode()?;
-                value.merge(incoming)?;
-                (created_ms, value)
-            }
-            // A corrupt hint is replaced: the incoming state is at least as new as what it held
-            // for this write path, and anti-entropy covers the rest.
-            Some(Err(_)) | None => (now_ms(), incoming),
-        };
-        let merged = Record::encode(&value)?;
-        let mut stored = created_ms.to_le_bytes().to_vec();
-        stored.extend_from_slice(merged.as_bytes());
-        self.store
-            .write(vec![BatchOp::Put(Column::Hints, hk, stored)])
+        let _guard = self
+            .stripe(&data_key(partition, key)[..DATA_PREFIX_LEN])
+            .lock();
+        let write = self.merged_hint(hk, record)?;
+        self.store.write(vec![write])
     }
 
     /// Up to `limit` hints for `target`, in store order, starting after the hint for
@@ -592,18 +637,40 @@ impl<S: Store> Engine<S> {
         key: &[u8],
         delivered: ValueHash,
     ) -> Result<bool, StorageError> {
-        let hk = hint_key(target, partition, key)?;
-        let _guard = self.stripe(&hk).lock();
-        let Some(raw) = self.store.get(Column::Hints, &hk)? else {
-            return Ok(false);
-        };
-        match split_hint(&raw) {
-            Ok((_, record)) if record.hash() != delivered => Ok(false),
-            _ => {
-                self.store.write(vec![BatchOp::Delete(Column::Hints, hk)])?;
-                Ok(true)
+        Ok(self.remove_hints(&[target], partition, key, delivered)? == 1)
+    }
+
+    /// [`remove_hint`](Self::remove_hint) for several targets of one key, in one write.
+    /// Returns how many were deleted.
+    pub fn remove_hints(
+        &self,
+        targets: &[&str],
+        partition: Partition,
+        key: &[u8],
+        delivered: ValueHash,
+    ) -> Result<usize, StorageError> {
+        let hint_keys = targets
+            .iter()
+            .map(|target| hint_key(target, partition, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let _guard = self
+            .stripe(&data_key(partition, key)[..DATA_PREFIX_LEN])
+            .lock();
+        let mut batch = Vec::new();
+        for hk in hint_keys {
+            let Some(raw) = self.store.get(Column::Hints, &hk)? else {
+                continue;
+            };
+            match split_hint(&raw) {
+                Ok((_, record)) if record.hash() != delivered => {}
+                _ => batch.push(BatchOp::Delete(Column::Hints, hk)),
             }
         }
+        let deleted = batch.len();
+        if deleted > 0 {
+            self.store.write(batch)?;
+        }
+        Ok(deleted)
     }
 
     /// The hint backlog per target node.

@@ -348,6 +348,58 @@ fn merkle_tracks_writes<S: Store>(e: &Engine<S>) {
     assert!(e.partitions().contains(&9));
 }
 
+fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: Store>(
+    e: &Engine<S>,
+) {
+    let first = e
+        .apply_with_hints(3, b"k", &set_add(&["a"]), &["node-b", "node-c"])
+        .unwrap();
+    let r1 = first.record.unwrap();
+    let backlog = e.hint_backlog().unwrap();
+    assert_eq!((backlog["node-b"].keys, backlog["node-c"].keys), (1, 1));
+    let held = &e.hints("node-b", None, 10).unwrap()[0];
+    assert_eq!(
+        held.record.hash(),
+        r1.hash(),
+        "the hint holds the new state"
+    );
+
+    // A second update before confirmation: the hints merge to the newest state, and
+    // confirming the first state no longer removes them.
+    let r2 = e
+        .apply_with_hints(3, b"k", &set_add(&["b"]), &["node-b", "node-c"])
+        .unwrap()
+        .record
+        .unwrap();
+    assert_eq!(
+        e.remove_hints(&["node-b", "node-c"], 3, b"k", r1.hash())
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        members(
+            e.hints("node-c", None, 10).unwrap()[0]
+                .record
+                .decode()
+                .unwrap()
+                .view()
+        ),
+        BTreeSet::from(["a".to_string(), "b".to_string()])
+    );
+    assert_eq!(
+        e.remove_hints(&["node-b", "node-c"], 3, b"k", r2.hash())
+            .unwrap(),
+        2
+    );
+    assert!(e.hint_backlog().unwrap().is_empty());
+    // A bad target changes nothing, not even the data.
+    assert!(
+        e.apply_with_hints(3, b"k", &set_add(&["c"]), &[""])
+            .is_err()
+    );
+    assert_eq!(e.get_record(3, b"k").unwrap().unwrap().hash(), r2.hash());
+}
+
 fn app_metadata_is_kept_apart<S: Store>(e: &Engine<S>) {
     assert_eq!(e.get_meta("cluster").unwrap(), None);
     e.put_meta("cluster", b"v1").unwrap();
@@ -384,6 +436,7 @@ suite!(
     hints_merge_per_key_and_delete_only_delivered,
     merkle_tracks_writes,
     app_metadata_is_kept_apart,
+    write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed,
 );
 
 #[test]

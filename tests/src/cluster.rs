@@ -120,6 +120,38 @@ impl DevCluster {
         &self.nodes
     }
 
+    /// The nodes' QUIC addresses (what SDK clients use as seeds), in node order.
+    pub fn seeds(&self) -> Vec<std::net::SocketAddr> {
+        (0..self.nodes.len())
+            .map(|i| std::net::SocketAddr::from(([127, 0, 0, 1], self.base_port + i as u16)))
+            .collect()
+    }
+
+    /// Runs `shoal ARGS… --cluster DIR --json` and parses its one JSON object; panics with
+    /// its stderr if it fails.
+    pub fn shoal_json(&self, args: &[&str]) -> serde_json::Value {
+        let output = Command::new(shoal_bin())
+            .args(args)
+            .arg("--cluster")
+            .arg(self.dir())
+            .arg("--json")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run shoal");
+        assert!(
+            output.status.success(),
+            "shoal {args:?} exited {}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+            panic!(
+                "shoal {args:?} printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
     /// The node's config file.
     pub fn config(&self, node: &str) -> PathBuf {
         self.dir().join(node).join("node.toml")

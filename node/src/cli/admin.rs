@@ -25,12 +25,13 @@
 //!
 //! ```text
 //! {"keyspace", "key", "partition", "n", "preference_list": ["n2", "n1", ...],
-//!  "replicas": [{"node_id", "addr", "reachable", "kind", "digest", "error"}],
+//!  "replicas": [{"node_id", "addr", "reachable", "kind", "digest", "value", "error"}],
 //!  "consistent": true}
 //! ```
 //!
 //! `replicas` are the key's N primary replicas, each read from that node's own store (no
-//! quorum); `digest` is `null` where the node has no record. `consistent` is true when every
+//! quorum); `digest` is `null` where the node has no record; `value` is what a client would
+//! read from that replica alone (as `shoal get --json` prints values). `consistent` is true when every
 //! replica answered with the same digest.
 
 use std::collections::BTreeMap;
@@ -42,7 +43,7 @@ use shoal_client::Client;
 use shoal_client::protocol::{self, MemberState, NodeStatus};
 
 use super::CliError;
-use super::data::{DataOptions, classify, print_json, with_client};
+use super::data::{DataOptions, classify, print_json, view_json, with_client};
 
 /// `shoal keyspace …`.
 #[derive(Debug, Args)]
@@ -354,6 +355,7 @@ async fn key_info(client: &Client, keyspace: &str, key: &str) -> Result<Json, Cl
             "reachable": answer.is_ok(),
             "kind": null,
             "digest": null,
+            "value": null,
             "error": null,
         });
         match answer {
@@ -363,6 +365,7 @@ async fn key_info(client: &Client, keyspace: &str, key: &str) -> Result<Json, Cl
                 entry["digest"] = state
                     .digest
                     .map_or(Json::Null, |d| Json::String(format!("{d:032x}")));
+                entry["value"] = state.view.as_ref().map_or(Json::Null, view_json);
             }
             Err(e) => {
                 all_answered = false;

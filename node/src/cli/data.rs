@@ -533,7 +533,7 @@ pub fn run_get(args: KeyArgs) -> Result<(), CliError> {
     })
 }
 
-fn view_json(view: &View) -> Json {
+pub(crate) fn view_json(view: &View) -> Json {
     match view {
         View::Counter(n) => json!(n),
         View::Set(members) => Json::Array(members.iter().map(|m| json_bytes(m)).collect()),

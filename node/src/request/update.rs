@@ -154,6 +154,40 @@ impl UpdateCoordinator {
             .0
     }
 
+    /// The nodes the driver writes hints for in the same durable write as the local update
+    /// (write-ahead hints): the owner of every other target (the primary itself, or the one
+    /// a fallback stands in for), every down primary no fallback replaced, and the primary
+    /// this node stands in for. If this node crashes before a target confirms, the hint
+    /// still delivers the update after restart.
+    pub fn write_ahead_owners(&self) -> Vec<MemberId> {
+        let mut owners: Vec<MemberId> = self
+            .targets
+            .iter()
+            .filter(|(t, _)| t.node != self.local)
+            .map(|(t, _)| t.owner().clone())
+            .chain(self.unreplaced.iter().cloned())
+            .chain(self.local_target().hint_for.iter().cloned())
+            .collect();
+        owners.sort();
+        owners.dedup();
+        owners
+    }
+
+    /// The record the local write persisted, once it did.
+    pub fn record(&self) -> Option<&Record> {
+        self.record.as_ref()
+    }
+
+    /// The owners whose write-ahead hint is no longer needed: those of the targets that
+    /// confirmed they persisted the record (a fallback keeps its own hint for its primary).
+    pub fn confirmed_owners(&self) -> Vec<MemberId> {
+        self.targets
+            .iter()
+            .filter(|(t, s)| t.node != self.local && *s == Status::Acked)
+            .map(|(t, _)| t.owner().clone())
+            .collect()
+    }
+
     /// The result of the local write: the persisted record, or why it failed.
     pub fn handle_local(&mut self, result: Result<Record, String>) {
         if self.done || self.record.is_some() {

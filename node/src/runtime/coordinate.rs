@@ -187,24 +187,17 @@ async fn drive_update<T: Transport, S: Store>(
     mut c: UpdateCoordinator,
     reply: oneshot::Sender<Result<Acknowledged, RequestError>>,
 ) {
-    let hint_for = c.local_target().hint_for.clone();
-    let local = match blocking(|| shared.engine.apply(partition, &key, &update)) {
+    // Hints for every other owner go into the same durable write as the update
+    // (write-ahead): a crash of this node before they confirm leaves the hints to deliver it.
+    let owners = c.write_ahead_owners();
+    let owner_names: Vec<&str> = owners.iter().map(MemberId::as_str).collect();
+    let local = match blocking(|| {
+        shared
+            .engine
+            .apply_with_hints(partition, &key, &update, &owner_names)
+    }) {
         Ok(written) => match written.record {
-            Some(record) => {
-                if hint_for.is_some() {
-                    shared.metrics.hint_stored();
-                }
-                if let Some(owner) = &hint_for
-                    && let Err(e) = blocking(|| {
-                        shared
-                            .engine
-                            .put_hint(owner.as_str(), partition, &key, &record)
-                    })
-                {
-                    tracing::warn!(%id, %owner, error = %e, "coordinator's hint not stored");
-                }
-                Ok(record)
-            }
+            Some(record) => Ok(record),
             None => {
                 let _ = reply.send(Ok(Acknowledged {
                     acks: 0,
@@ -215,6 +208,9 @@ async fn drive_update<T: Transport, S: Store>(
         },
         Err(e) => Err(e.to_string()),
     };
+    if local.is_ok() && c.local_target().hint_for.is_some() {
+        shared.metrics.hint_stored();
+    }
     c.handle_local(local);
     let deadline = c.deadline();
     let (results_tx, mut results) = mpsc::unbounded_channel::<(MemberId, Result<(), CallError>)>();
@@ -242,7 +238,9 @@ async fn drive_update<T: Transport, S: Store>(
                 }
                 UpdateEffect::StoreHint { owner, record } => {
                     shared.metrics.hint_stored();
+                    // Written ahead with the update for every owner the selection named.
                     if owner != shared.local
+                        && !owners.contains(&owner)
                         && let Err(e) = blocking(|| {
                             shared
                                 .engine
@@ -261,6 +259,7 @@ async fn drive_update<T: Transport, S: Store>(
             }
         }
         if c.is_finished() {
+            drop_confirmed_hints(&shared, id, partition, &key, &c);
             return;
         }
         tokio::select! {
@@ -271,6 +270,32 @@ async fn drive_update<T: Transport, S: Store>(
             },
             () = tokio::time::sleep_until(shared.instant(deadline)) => c.handle_timeout(shared.now()),
         }
+    }
+}
+
+/// Deletes the write-ahead hints of the owners that confirmed, in one write, unless a later
+/// update of the key changed them meanwhile (then they deliver that later state).
+fn drop_confirmed_hints<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    id: RequestId,
+    partition: u32,
+    key: &[u8],
+    c: &UpdateCoordinator,
+) {
+    let (Some(record), confirmed) = (c.record(), c.confirmed_owners()) else {
+        return;
+    };
+    if confirmed.is_empty() {
+        return;
+    }
+    let names: Vec<&str> = confirmed.iter().map(MemberId::as_str).collect();
+    if let Err(e) = blocking(|| {
+        shared
+            .engine
+            .remove_hints(&names, partition, key, record.hash())
+    }) {
+        // Harmless: the hints are delivered again later, and merging is idempotent.
+        tracing::warn!(%id, error = %e, "confirmed hints not removed");
     }
 }
 

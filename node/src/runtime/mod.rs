@@ -48,11 +48,15 @@
 //! uses `tokio::task::block_in_place` so a slow fsync does not stall the other tasks of its
 //! worker thread, and on a current-thread runtime (simulations, in-memory store) runs inline.
 //!
-//! **Known gap, closed by anti-entropy (next step).** A coordinator hints a target that did
-//! not confirm only when that target fails or at the deadline. If the coordinator crashes
-//! after W acks and before then, a target that missed the update (a lost message) learns it
-//! only from read repair or anti-entropy. The update is not lost: W replicas hold it.
-
+//! **Write-ahead hints.** The coordinator writes the update and a hint for every other
+//! owner (each target's primary, every down primary) in one durable batch before it sends
+//! anything, and deletes the hints of the owners whose target confirmed once every target
+//! resolved. A coordinator that crashes after W acks and before a target confirmed thus
+//! still delivers the update after it restarts (its handoff pass finds the hints); no
+//! replica depends on read repair or anti-entropy to learn an acknowledged update whose
+//! coordinator died. The cost is the hint puts in the update's batch and one delete batch per
+//! update; a hint changed by a later update of the key is kept and delivered.
+//!
 mod coordinate;
 mod handoff;
 mod metrics;
