@@ -54,7 +54,7 @@ async fn writer(client: Client, history: Arc<Mutex<History>>, stop: Arc<AtomicBo
     while !stop.load(Ordering::SeqCst) && op < MAX_OPS && started.elapsed() < WRITER_LIMIT {
         // Even operations increment counter k, odd ones add to set k: every key is written.
         let k = (op / 2) % KEYS;
-        let ok = if op % 2 == 0 {
+        let ok = if op.is_multiple_of(2) {
             let result = client.counter(counter_key(k)).w(2).incr(1).await;
             let mut h = history.lock().unwrap();
             match &result {

@@ -103,6 +103,49 @@ pub enum PeerRequest {
         /// Tracing id.
         id: RequestId,
     },
+    /// Anti-entropy: the hashes of the children of `nodes` at `level` of your tree of
+    /// `partition`. Answered with [`PeerResponse::Hashes`].
+    AeHashes {
+        /// Tracing id.
+        id: RequestId,
+        /// The partition.
+        partition: u32,
+        /// Level of the nodes (0 = root).
+        level: u8,
+        /// Node indexes at that level (at most 256).
+        nodes: Vec<u32>,
+    },
+    /// Anti-entropy: your `(key, value hash)` lists of these leaves of `partition`. Answered
+    /// with [`PeerResponse::LeafKeys`].
+    AeLeafKeys {
+        /// Tracing id.
+        id: RequestId,
+        /// The partition.
+        partition: u32,
+        /// Leaf indexes (at most [`LEAVES_PER_STEP`](crate::antientropy::LEAVES_PER_STEP)).
+        leaves: Vec<u16>,
+    },
+    /// Anti-entropy: your records of these keys of `partition`. Answered with
+    /// [`PeerResponse::Records`].
+    AeFetch {
+        /// Tracing id.
+        id: RequestId,
+        /// The partition.
+        partition: u32,
+        /// Storage keys (at most [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP)).
+        keys: Vec<Vec<u8>>,
+    },
+    /// Anti-entropy: merge these records of `partition`. Answered with
+    /// [`PeerResponse::Stored`] once durable.
+    AePush {
+        /// Tracing id.
+        id: RequestId,
+        /// The partition.
+        partition: u32,
+        /// `(storage key, record bytes)` (at most
+        /// [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP)).
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+    },
 }
 
 impl PeerRequest {
@@ -114,7 +157,11 @@ impl PeerRequest {
             | PeerRequest::DeliverHint { id, .. }
             | PeerRequest::ForwardUpdate { id, .. }
             | PeerRequest::ForwardGet { id, .. }
-            | PeerRequest::PullCluster { id } => *id,
+            | PeerRequest::PullCluster { id }
+            | PeerRequest::AeHashes { id, .. }
+            | PeerRequest::AeLeafKeys { id, .. }
+            | PeerRequest::AeFetch { id, .. }
+            | PeerRequest::AePush { id, .. } => *id,
         }
     }
 }
@@ -151,6 +198,12 @@ pub enum PeerResponse {
     /// The receiver's encoded [`ClusterState`](crate::cluster::ClusterState) (answer to
     /// `PullCluster`).
     Cluster(Vec<u8>),
+    /// Tree hashes (answer to `AeHashes`).
+    Hashes(Vec<u128>),
+    /// `(key, value hash)` of the asked leaves (answer to `AeLeafKeys`).
+    LeafKeys(Vec<(Vec<u8>, u128)>),
+    /// `(key, record bytes)` of the asked keys the receiver has (answer to `AeFetch`).
+    Records(Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// Encodes a request body.

@@ -16,6 +16,10 @@ pub(crate) struct Metrics {
     hints_stored: AtomicU64,
     hints_delivered: AtomicU64,
     read_repairs: AtomicU64,
+    ae_exchanges: AtomicU64,
+    ae_keys_repaired: AtomicU64,
+    ae_bytes_sent: AtomicU64,
+    ae_bytes_received: AtomicU64,
 }
 
 /// A copy of a node's counters since it started.
@@ -37,6 +41,14 @@ pub struct MetricsSnapshot {
     pub hints_delivered: u64,
     /// Read repairs sent (to a peer or applied locally).
     pub read_repairs: u64,
+    /// Anti-entropy exchanges this node completed (as initiator).
+    pub ae_exchanges: u64,
+    /// Keys whose state anti-entropy changed on this node (merged from a peer's).
+    pub ae_keys_repaired: u64,
+    /// Anti-entropy payload bytes sent (hashes, key lists, records).
+    pub ae_bytes_sent: u64,
+    /// Anti-entropy payload bytes received.
+    pub ae_bytes_received: u64,
 }
 
 fn bump(counter: &AtomicU64) {
@@ -71,6 +83,17 @@ impl Metrics {
         bump(&self.read_repairs);
     }
 
+    pub(crate) fn ae_exchange(&self, sent: u64, received: u64) {
+        bump(&self.ae_exchanges);
+        self.ae_bytes_sent.fetch_add(sent, Ordering::Relaxed);
+        self.ae_bytes_received
+            .fetch_add(received, Ordering::Relaxed);
+    }
+
+    pub(crate) fn ae_merged(&self, keys: u64) {
+        self.ae_keys_repaired.fetch_add(keys, Ordering::Relaxed);
+    }
+
     pub(crate) fn snapshot(&self) -> MetricsSnapshot {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         MetricsSnapshot {
@@ -78,6 +101,10 @@ impl Metrics {
             updates_unknown: get(&self.updates_unknown),
             updates_failed: get(&self.updates_failed),
             gets_answered: get(&self.gets_answered),
+            ae_exchanges: get(&self.ae_exchanges),
+            ae_keys_repaired: get(&self.ae_keys_repaired),
+            ae_bytes_sent: get(&self.ae_bytes_sent),
+            ae_bytes_received: get(&self.ae_bytes_received),
             gets_failed: get(&self.gets_failed),
             hints_stored: get(&self.hints_stored),
             hints_delivered: get(&self.hints_delivered),

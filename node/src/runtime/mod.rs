@@ -57,6 +57,7 @@
 //! coordinator died. The cost is the hint puts in the update's batch and one delete batch per
 //! update; a hint changed by a later update of the key is kept and delivered.
 //!
+mod antientropy;
 mod coordinate;
 mod handoff;
 mod metrics;
@@ -122,8 +123,20 @@ pub struct NodeConfig {
     pub handoff_page: usize,
     /// Hint deliveries in flight per target. Default 8.
     pub handoff_in_flight: usize,
-    /// Deadline of one hint delivery or read-repair RPC. Default 5 s.
+    /// Deadline of one hint delivery, read-repair or anti-entropy RPC. Default 5 s.
     pub background_timeout: Duration,
+    /// Whether anti-entropy runs. Default true; off only to measure what it costs, or in
+    /// tests of other repair paths.
+    pub anti_entropy: bool,
+    /// Shortest time between two anti-entropy rounds (also the delay of the first after
+    /// start). Default 2 s.
+    pub ae_min_interval: Duration,
+    /// Longest time between two rounds when they find nothing. Default 60 s.
+    pub ae_max_interval: Duration,
+    /// Anti-entropy payload bytes per second this node moves at most. Default 16 MiB.
+    pub ae_bytes_per_sec: u64,
+    /// Keys per second anti-entropy compares or repairs at most. Default 50 000.
+    pub ae_keys_per_sec: u64,
 }
 
 impl NodeConfig {
@@ -146,6 +159,11 @@ impl NodeConfig {
             handoff_page: 64,
             handoff_in_flight: 8,
             background_timeout: Duration::from_secs(5),
+            anti_entropy: true,
+            ae_min_interval: Duration::from_secs(2),
+            ae_max_interval: Duration::from_secs(60),
+            ae_bytes_per_sec: 16 << 20,
+            ae_keys_per_sec: 50_000,
         }
     }
 
@@ -279,14 +297,18 @@ impl<T: Transport, S: Store> Node<T, S> {
         shared::blocking(|| crate::cluster::save(&engine, &view.state))
             .map_err(|e| StartError::Config(format!("cluster state not persisted: {e}")))?;
         let (handoff_tx, handoff_rx) = mpsc::channel(64);
+        let (ae_tx, ae_rx) = mpsc::channel(64);
         let (swim_tx, swim_rx) = mpsc::channel(8);
         let shared = Arc::new(Shared::new(
-            config, transport, engine, view, handoff_tx, swim_tx,
+            config, transport, engine, view, handoff_tx, ae_tx, swim_tx,
         ));
         let Inbox { datagrams, rpcs } = inbox;
         shared.spawn(swim::run(shared.clone(), datagrams, swim_rx));
         shared.spawn(serve::run(shared.clone(), rpcs));
         shared.spawn(handoff::run(shared.clone(), handoff_rx));
+        if shared.config.anti_entropy {
+            shared.spawn(antientropy::run(shared.clone(), ae_rx));
+        }
         Ok(Self { shared })
     }
 
@@ -362,6 +384,12 @@ impl<T: Transport, S: Store> Node<T, S> {
             Ok::<_, KeyspaceChangeError>(true)
         })?;
         Ok(version.unwrap_or_else(|| self.shared.view().version))
+    }
+
+    /// Per partition this node fully compared with its other live primaries, the time since
+    /// it last did.
+    pub fn ae_ages(&self) -> std::collections::HashMap<u32, Duration> {
+        self.shared.ae_ages()
     }
 
     /// This node's SWIM incarnation.

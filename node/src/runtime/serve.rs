@@ -120,6 +120,87 @@ async fn serve<T: Transport, S: Store>(
                     .map_err(to_wire),
             ))
         }
+        PeerRequest::AeHashes {
+            partition,
+            level,
+            nodes,
+            ..
+        } => {
+            if nodes.len() > 256 {
+                return Err(format!("{} nodes asked, at most 256", nodes.len()));
+            }
+            let tree = blocking(|| shared.engine.merkle_tree(partition));
+            crate::antientropy::children_hashes(&tree, level as usize, &nodes)
+                .map(PeerResponse::Hashes)
+                .ok_or_else(|| format!("no such tree nodes: level {level}, {nodes:?}"))
+        }
+        PeerRequest::AeLeafKeys {
+            partition, leaves, ..
+        } => {
+            if leaves.len() > crate::antientropy::LEAVES_PER_STEP
+                || leaves
+                    .iter()
+                    .any(|&l| l as usize >= shoal_storage::merkle::LEAVES)
+            {
+                return Err("leaf list out of range".into());
+            }
+            blocking(|| {
+                let mut out = Vec::new();
+                for leaf in leaves {
+                    out.extend(shared.engine.leaf_keys(partition, leaf)?);
+                }
+                Ok::<_, shoal_storage::StorageError>(out)
+            })
+            .map(PeerResponse::LeafKeys)
+            .map_err(|e| e.to_string())
+        }
+        PeerRequest::AeFetch {
+            partition, keys, ..
+        } => {
+            if keys.len() > crate::antientropy::KEYS_PER_STEP {
+                return Err(format!(
+                    "{} keys asked, at most {}",
+                    keys.len(),
+                    crate::antientropy::KEYS_PER_STEP
+                ));
+            }
+            let records = blocking(|| {
+                let mut out = Vec::new();
+                for key in keys {
+                    // A corrupt record is not sent: the asker keeps its own state, and this
+                    // node's leaf marks the key different until a healthy copy arrives.
+                    if let Ok(Some(record)) = shared.engine.get_record(partition, &key) {
+                        out.push((key, record.as_bytes().to_vec()));
+                    }
+                }
+                out
+            });
+            Ok(PeerResponse::Records(records))
+        }
+        PeerRequest::AePush {
+            partition, records, ..
+        } => {
+            if records.len() > crate::antientropy::KEYS_PER_STEP {
+                return Err(format!(
+                    "{} records pushed, at most {}",
+                    records.len(),
+                    crate::antientropy::KEYS_PER_STEP
+                ));
+            }
+            let items = records
+                .into_iter()
+                .map(|(key, bytes)| Ok((partition, key, record_from_wire(bytes)?)))
+                .collect::<Result<Vec<_>, crate::codec::CodecError>>()
+                .map_err(|e| e.to_string())?;
+            let results =
+                blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
+            let repaired = results
+                .iter()
+                .filter(|r| r.as_ref().is_ok_and(|w| w.changed))
+                .count();
+            shared.metrics.ae_merged(repaired as u64);
+            Ok(PeerResponse::Stored)
+        }
         PeerRequest::PullCluster { .. } => shared
             .view()
             .state

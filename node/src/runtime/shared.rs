@@ -174,6 +174,10 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     cluster_change: Mutex<()>,
     pub(crate) cancel: CancellationToken,
     pub(crate) handoff_wake: mpsc::Sender<MemberId>,
+    pub(crate) ae_wake: mpsc::Sender<MemberId>,
+    /// When (on [`now`](Self::now)'s clock) each partition was last compared with every
+    /// other live primary.
+    ae_last: Mutex<HashMap<u32, Duration>>,
     pub(crate) swim_commands: mpsc::Sender<Command>,
     pub(crate) dedup: Dedup,
     /// This node's SWIM incarnation, as the SWIM task last saw it.
@@ -195,6 +199,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
         engine: Arc<Engine<S>>,
         cluster: ClusterView,
         handoff_wake: mpsc::Sender<MemberId>,
+        ae_wake: mpsc::Sender<MemberId>,
         swim_commands: mpsc::Sender<Command>,
     ) -> Self {
         let local_str = transport.local().id.as_str().to_owned();
@@ -219,6 +224,8 @@ impl<T: Transport, S: Store> Shared<T, S> {
             cluster_change: Mutex::new(()),
             cancel: CancellationToken::new(),
             handoff_wake,
+            ae_wake,
+            ae_last: Mutex::new(HashMap::new()),
             swim_commands,
             dedup: Dedup::new(),
             incarnation: AtomicU64::new(0),
@@ -294,6 +301,26 @@ impl<T: Transport, S: Store> Shared<T, S> {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         out
+    }
+
+    /// Records that `partition` was just compared with every other live primary.
+    pub(crate) fn ae_compared(&self, partition: u32) {
+        let now = self.now();
+        self.ae_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(partition, now);
+    }
+
+    /// Per partition, the time since it was last fully compared.
+    pub(crate) fn ae_ages(&self) -> HashMap<u32, Duration> {
+        let now = self.now();
+        self.ae_last
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(p, at)| (*p, now.saturating_sub(*at)))
+            .collect()
     }
 
     /// The current cluster state and ring.

@@ -1,0 +1,274 @@
+//! The anti-entropy task: drives [`Exchange`]s with the other primaries of every partition
+//! this node replicates, within a budget, at an adaptive interval.
+//!
+//! - **Rounds.** A round compares every partition this node is a primary of with each other
+//!   live primary of it, one exchange at a time. The first round starts
+//!   [`NodeConfig::ae_min_interval`] after start (so a restarted node repairs at once), and a
+//!   round starts right away when SWIM sees a member come up or recover (a restart, a healed
+//!   partition).
+//! - **Adaptive interval.** After a round that repaired something the next comes after half
+//!   the previous interval (at least `ae_min_interval`); after a round that found nothing,
+//!   after twice it (at most `ae_max_interval`).
+//! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
+//!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], and every RPC uses
+//!   the peer's background budget, so foreground requests keep their share.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_membership::{NodeId as MemberId, PartitionId};
+use shoal_storage::Store;
+use tokio::sync::mpsc;
+
+use super::shared::{Class, Shared, blocking};
+use crate::antientropy::{AeEffect, Exchange, ExchangeReport};
+use crate::request::message::{PeerRequest, PeerResponse, record_from_wire};
+use crate::transport::Transport;
+
+/// Paces work to a rate: each piece of work pushes the next start later by its cost.
+struct Pacer {
+    next: tokio::time::Instant,
+    bytes_per_sec: f64,
+    keys_per_sec: f64,
+}
+
+impl Pacer {
+    async fn take(&mut self, keys: usize, bytes: usize) {
+        let now = tokio::time::Instant::now();
+        if self.next < now {
+            self.next = now;
+        }
+        let cost = (keys as f64 / self.keys_per_sec).max(bytes as f64 / self.bytes_per_sec);
+        self.next += Duration::from_secs_f64(cost);
+        tokio::time::sleep_until(self.next).await;
+    }
+}
+
+pub(crate) async fn run<T: Transport, S: Store>(
+    shared: Arc<Shared<T, S>>,
+    mut wake: mpsc::Receiver<MemberId>,
+) {
+    let config = &shared.config;
+    let mut pacer = Pacer {
+        next: tokio::time::Instant::now(),
+        bytes_per_sec: config.ae_bytes_per_sec.max(1) as f64,
+        keys_per_sec: config.ae_keys_per_sec.max(1) as f64,
+    };
+    let mut interval = config.ae_min_interval;
+    let mut due = tokio::time::Instant::now() + config.ae_min_interval;
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(due) => {}
+            woke = wake.recv() => {
+                if woke.is_none() {
+                    return;
+                }
+                // Several members may come up together: one round covers them all.
+                while wake.try_recv().is_ok() {}
+            }
+        }
+        let repaired = round(&shared, &mut pacer).await;
+        interval = if repaired > 0 {
+            (interval / 2).max(config.ae_min_interval)
+        } else {
+            (interval * 2).min(config.ae_max_interval)
+        };
+        due = tokio::time::Instant::now() + interval;
+    }
+}
+
+/// One pass over every partition this node is a primary of; returns the keys that differed.
+async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut Pacer) -> u64 {
+    let view = shared.view();
+    let mut differing = 0;
+    for p in 0..view.ring.partitioner().partitions() {
+        let primaries = view.ring.primaries(PartitionId(p));
+        if !primaries.contains(&shared.local) {
+            continue;
+        }
+        let mut complete = true;
+        for peer in primaries {
+            if *peer == shared.local || !shared.is_live(peer) || shared.peer(peer).is_none() {
+                complete &= *peer == shared.local;
+                continue;
+            }
+            let report = exchange(shared, pacer, p, peer).await;
+            differing += report.keys_differing;
+            complete &= report.complete;
+            if let Some(error) = &report.error {
+                tracing::debug!(partition = p, %peer, %error, "anti-entropy exchange stopped");
+            }
+        }
+        if complete {
+            shared.ae_compared(p);
+        }
+    }
+    if differing > 0 {
+        tracing::info!(keys = differing, "anti-entropy repaired differing keys");
+    }
+    differing
+}
+
+/// Runs one exchange of `partition` with `peer` to its end.
+async fn exchange<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &mut Pacer,
+    partition: u32,
+    peer: &MemberId,
+) -> ExchangeReport {
+    let tree = blocking(|| shared.engine.merkle_tree(partition));
+    let mut x = Exchange::new(tree);
+    let timeout = shared.config.background_timeout;
+    let (mut sent, mut received) = (0u64, 0u64);
+    loop {
+        let Some(effect) = x.poll_effect() else {
+            // Every effect is answered before the next poll, so this does not happen.
+            return ExchangeReport::default();
+        };
+        let id = shared.next_request_id();
+        match effect {
+            AeEffect::AskHashes { level, nodes } => {
+                sent += 4 * nodes.len() as u64;
+                let request = PeerRequest::AeHashes {
+                    id,
+                    partition,
+                    level: level as u8,
+                    nodes,
+                };
+                match shared
+                    .call(peer, &request, timeout, Class::Background)
+                    .await
+                {
+                    Ok(PeerResponse::Hashes(hashes)) => {
+                        received += 16 * hashes.len() as u64;
+                        x.handle_hashes(hashes);
+                    }
+                    other => x.handle_error(describe(other)),
+                }
+            }
+            AeEffect::CompareLeaves { leaves } => {
+                let local = blocking(|| {
+                    let mut out = Vec::new();
+                    for &leaf in &leaves {
+                        out.extend(shared.engine.leaf_keys(partition, leaf)?);
+                    }
+                    Ok::<_, shoal_storage::StorageError>(out)
+                });
+                sent += 2 * leaves.len() as u64;
+                let request = PeerRequest::AeLeafKeys {
+                    id,
+                    partition,
+                    leaves,
+                };
+                match (
+                    local,
+                    shared
+                        .call(peer, &request, timeout, Class::Background)
+                        .await,
+                ) {
+                    (Ok(local), Ok(PeerResponse::LeafKeys(remote))) => {
+                        let bytes: usize = remote.iter().map(|(k, _)| k.len() + 16).sum();
+                        received += bytes as u64;
+                        pacer.take(remote.len(), bytes).await;
+                        x.handle_leaf_keys(local, remote);
+                    }
+                    (Err(e), _) => x.handle_error(format!("local leaf keys: {e}")),
+                    (_, other) => x.handle_error(describe(other)),
+                }
+            }
+            AeEffect::Repair { fetch, push } => {
+                match repair(shared, pacer, partition, peer, fetch, push).await {
+                    Ok((s, r)) => {
+                        sent += s;
+                        received += r;
+                        x.handle_repaired();
+                    }
+                    Err(e) => x.handle_error(e),
+                }
+            }
+            AeEffect::Done(report) => {
+                shared.metrics.ae_exchange(sent, received);
+                return report;
+            }
+        }
+    }
+}
+
+/// Fetches `fetch` from `peer` and merges them here, then pushes the local records of `push`.
+/// Returns the payload bytes sent and received.
+async fn repair<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &mut Pacer,
+    partition: u32,
+    peer: &MemberId,
+    fetch: Vec<Vec<u8>>,
+    push: Vec<Vec<u8>>,
+) -> Result<(u64, u64), String> {
+    let timeout = shared.config.background_timeout;
+    let (mut sent, mut received) = (0u64, 0u64);
+    if !fetch.is_empty() {
+        sent += fetch.iter().map(|k| k.len() as u64).sum::<u64>();
+        let request = PeerRequest::AeFetch {
+            id: shared.next_request_id(),
+            partition,
+            keys: fetch,
+        };
+        let records = match shared
+            .call(peer, &request, timeout, Class::Background)
+            .await
+        {
+            Ok(PeerResponse::Records(records)) => records,
+            other => return Err(describe(other)),
+        };
+        let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
+        received += bytes as u64;
+        pacer.take(records.len(), bytes).await;
+        let items = records
+            .into_iter()
+            .map(|(key, bytes)| Ok((partition, key, record_from_wire(bytes)?)))
+            .collect::<Result<Vec<_>, crate::codec::CodecError>>()
+            .map_err(|e| format!("peer sent a bad record: {e}"))?;
+        let results = blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
+        let changed = results
+            .iter()
+            .filter(|r| r.as_ref().is_ok_and(|w| w.changed))
+            .count();
+        shared.metrics.ae_merged(changed as u64);
+    }
+    if !push.is_empty() {
+        let records = blocking(|| {
+            push.into_iter()
+                .filter_map(|key| match shared.engine.get_record(partition, &key) {
+                    Ok(Some(record)) => Some((key, record.as_bytes().to_vec())),
+                    // Absent (deleted meanwhile) or corrupt here: nothing to offer.
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        });
+        if !records.is_empty() {
+            let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
+            pacer.take(records.len(), bytes).await;
+            sent += bytes as u64;
+            let request = PeerRequest::AePush {
+                id: shared.next_request_id(),
+                partition,
+                records,
+            };
+            match shared
+                .call(peer, &request, timeout, Class::Background)
+                .await
+            {
+                Ok(PeerResponse::Stored) => {}
+                other => return Err(describe(other)),
+            }
+        }
+    }
+    Ok((sent, received))
+}
+
+fn describe(answer: Result<PeerResponse, super::shared::CallError>) -> String {
+    match answer {
+        Ok(other) => format!("unexpected answer {other:?}"),
+        Err(e) => e.message,
+    }
+}
