@@ -268,6 +268,27 @@ pub struct NodeStatus {
     pub hints: Vec<HintInfo>,
     /// Client requests being coordinated.
     pub in_flight: u32,
+    /// What anti-entropy did on this node since it started.
+    pub anti_entropy: AntiEntropyStatus,
+}
+
+/// A node's anti-entropy figures since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AntiEntropyStatus {
+    /// Exchanges this node ran (as initiator).
+    pub exchanges: u64,
+    /// Keys whose state anti-entropy changed on this node.
+    pub keys_repaired: u64,
+    /// Payload bytes sent and received by its exchanges.
+    pub bytes_sent: u64,
+    /// See `bytes_sent`.
+    pub bytes_received: u64,
+    /// Partitions this node is a primary of.
+    pub partitions: u32,
+    /// Of those, partitions never fully compared since it started.
+    pub never_compared: u32,
+    /// The longest time since a partition was last fully compared, in milliseconds.
+    pub oldest_compare_ms: Option<u64>,
 }
 
 /// A node's own replica of a key.
@@ -473,6 +494,11 @@ mod tests {
                     oldest_age_ms: Some(1500),
                 }],
                 in_flight: 0,
+                anti_entropy: AntiEntropyStatus {
+                    exchanges: 3,
+                    oldest_compare_ms: Some(10),
+                    ..AntiEntropyStatus::default()
+                },
             }),
             ClientResponse::Inspected(ReplicaState {
                 node_id: "n1".into(),

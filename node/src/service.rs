@@ -24,9 +24,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use shoal_client::protocol::{
-    self, ClientRequest, ClientResponse, ErrorCode, ErrorReply, GetReply, GetRequest, HintInfo,
-    MemberInfo, MemberState as WireState, NodeInfo, NodeStatus, ReplicaState, RingInfo,
-    UpdateRequest, WireOutcome,
+    self, AntiEntropyStatus, ClientRequest, ClientResponse, ErrorCode, ErrorReply, GetReply,
+    GetRequest, HintInfo, MemberInfo, MemberState as WireState, NodeInfo, NodeStatus, ReplicaState,
+    RingInfo, UpdateRequest, WireOutcome,
 };
 use shoal_membership::{MemberState, NodeId as MemberId, PartitionId};
 use shoal_storage::Store;
@@ -282,7 +282,34 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
         default_n: node.config().default_n as u32,
         hints,
         in_flight: node.in_flight() as u32,
+        anti_entropy: anti_entropy_status(node),
     })
+}
+
+fn anti_entropy_status<T: Transport, S: Store>(node: &Node<T, S>) -> AntiEntropyStatus {
+    let view = node.cluster();
+    let me = MemberId::new(node.id().id.as_str()).ok();
+    let mine: Vec<u32> = (0..view.ring.partitioner().partitions())
+        .filter(|&p| {
+            me.as_ref()
+                .is_some_and(|me| view.ring.primaries(PartitionId(p)).contains(me))
+        })
+        .collect();
+    let ages = node.ae_ages();
+    let metrics = node.metrics();
+    AntiEntropyStatus {
+        exchanges: metrics.ae_exchanges,
+        keys_repaired: metrics.ae_keys_repaired,
+        bytes_sent: metrics.ae_bytes_sent,
+        bytes_received: metrics.ae_bytes_received,
+        partitions: mine.len() as u32,
+        never_compared: mine.iter().filter(|p| !ages.contains_key(p)).count() as u32,
+        oldest_compare_ms: mine
+            .iter()
+            .filter_map(|p| ages.get(p))
+            .max()
+            .map(|a| a.as_millis() as u64),
+    }
 }
 
 /// This node's own replica of a key, straight from its store.

@@ -13,7 +13,10 @@
 //!  "keyspaces": {"ks": 2}, "hint_backlog_keys": 0,
 //!  "members": [{"node_id", "addr", "state": "alive"|"suspect"|"dead"|"left",
 //!               "incarnation", "ring_version", "in_ring", "partitions", "reachable",
-//!               "in_flight", "hint_backlog": {"keys", "oldest_age_ms", "targets": [...]}}]}
+//!               "in_flight", "hint_backlog": {"keys", "oldest_age_ms", "targets": [...]},
+//!               "anti_entropy": {"exchanges", "keys_repaired", "bytes_sent",
+//!                                "bytes_received", "partitions", "never_compared",
+//!                                "oldest_compare_ms"}}]}
 //! ```
 //!
 //! The member list and SWIM states are the answering node's view; each live member is then
@@ -181,6 +184,18 @@ async fn cluster_status(client: &Client) -> Result<Json, CliError> {
             "partitions": m.partitions,
             "reachable": status.is_some(),
             "in_flight": status.as_ref().map(|s| s.in_flight),
+            "anti_entropy": status.as_ref().map(|s| {
+                let ae = &s.anti_entropy;
+                json!({
+                    "exchanges": ae.exchanges,
+                    "keys_repaired": ae.keys_repaired,
+                    "bytes_sent": ae.bytes_sent,
+                    "bytes_received": ae.bytes_received,
+                    "partitions": ae.partitions,
+                    "never_compared": ae.never_compared,
+                    "oldest_compare_ms": ae.oldest_compare_ms,
+                })
+            }),
             "hint_backlog": backlog,
         }));
     }
@@ -241,8 +256,8 @@ fn print_status_table(report: &Json) {
     keyspaces.push(format!("others N={}", report["default_n"]));
     println!("keyspaces: {}", keyspaces.join(", "));
     println!(
-        "{:<16} {:<22} {:<8} {:>5} {:<17} {:>10} {:>12}",
-        "NODE", "ADDR", "STATE", "INC", "RING", "PARTITIONS", "HINTS"
+        "{:<16} {:<22} {:<8} {:>5} {:<17} {:>10} {:>12} {:>12} {:>10}",
+        "NODE", "ADDR", "STATE", "INC", "RING", "PARTITIONS", "HINTS", "AE-REPAIRED", "AE-AGE"
     );
     for m in report["members"].as_array().into_iter().flatten() {
         let hints = match &m["hint_backlog"] {
@@ -252,8 +267,23 @@ fn print_status_table(report: &Json) {
                 None => b["keys"].to_string(),
             },
         };
+        let ae = &m["anti_entropy"];
+        let (repaired, age) = match ae {
+            Json::Null => ("-".to_owned(), "-".to_owned()),
+            ae => (
+                ae["keys_repaired"].to_string(),
+                match (
+                    ae["oldest_compare_ms"].as_u64(),
+                    ae["never_compared"].as_u64(),
+                ) {
+                    (_, Some(n)) if n > 0 => "never".to_owned(),
+                    (Some(ms), _) => format!("{}s", ms / 1000),
+                    _ => "-".to_owned(),
+                },
+            ),
+        };
         println!(
-            "{:<16} {:<22} {:<8} {:>5} {:<17} {:>10} {:>12}",
+            "{:<16} {:<22} {:<8} {:>5} {:<17} {:>10} {:>12} {:>12} {:>10}",
             m["node_id"].as_str().unwrap_or("?"),
             m["addr"].as_str().unwrap_or("?"),
             m["state"].as_str().unwrap_or("?"),
@@ -265,6 +295,8 @@ fn print_status_table(report: &Json) {
                 "-".to_owned()
             },
             hints,
+            repaired,
+            age,
         );
     }
 }
