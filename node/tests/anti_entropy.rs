@@ -117,3 +117,46 @@ async fn write_keys_as(cluster: &Cluster, tag: &str) {
             .unwrap();
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn keys_stay_on_the_first_n_primaries_of_their_keyspace() {
+    let cluster = Cluster::new(23);
+    cluster.node(0).create_keyspace("one", 1).unwrap();
+    eventually(LIMIT, || {
+        (0..NODES).all(|i| cluster.node(i).n_for("one") == 1)
+    })
+    .await;
+    let skey = shoal_node::storage_key("one", b"solo").unwrap();
+    let partition = cluster.node(0).cluster().ring.partition_of(&skey);
+    let primaries: Vec<usize> = cluster
+        .node(0)
+        .cluster()
+        .ring
+        .primaries(partition)
+        .iter()
+        .map(|id| id.as_str()[1..].parse().unwrap())
+        .collect();
+    cluster
+        .node(primaries[1])
+        .update("one", b"solo", add("x"), 1, TIMEOUT)
+        .await
+        .unwrap();
+    let holds = |i: usize| {
+        cluster.engines[i]
+            .get_record(partition.0, &skey)
+            .unwrap()
+            .is_some()
+    };
+    // Let every node run several anti-entropy exchanges.
+    let before: Vec<u64> = (0..NODES)
+        .map(|i| cluster.node(i).metrics().ae_exchanges)
+        .collect();
+    eventually(LIMIT, || {
+        (0..NODES).all(|i| cluster.node(i).metrics().ae_exchanges >= before[i] + 3 * 64)
+    })
+    .await;
+    assert!(holds(primaries[0]), "the keyspace's one replica has it");
+    for &other in &primaries[1..] {
+        assert!(!holds(other), "n{other} is beyond N = 1 and got a copy");
+    }
+}

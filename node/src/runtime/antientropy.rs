@@ -87,13 +87,23 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
             continue;
         }
         let mut complete = true;
+        let position = |id: &MemberId| primaries.iter().position(|p| p == id).unwrap_or(usize::MAX);
+        let mine = position(&shared.local);
         for peer in primaries {
             if *peer == shared.local || !shared.is_live(peer) || shared.peer(peer).is_none() {
                 complete &= *peer == shared.local;
                 continue;
             }
-            let report = exchange(shared, pacer, p, peer).await;
-            differing += report.keys_differing;
+            // A key belongs on the first N primaries of its keyspace only.
+            let theirs = position(peer);
+            let state = &view.state;
+            let belongs = |key: &[u8], at: usize| {
+                keyspace_of(key).is_some_and(|ks| at < super::n_for(&shared.config, state, ks))
+            };
+            let wanted =
+                |key: &[u8], to_peer: bool| belongs(key, if to_peer { theirs } else { mine });
+            let report = exchange(shared, pacer, p, peer, &wanted).await;
+            differing += report.keys_fetched + report.keys_pushed;
             complete &= report.complete;
             if let Some(error) = &report.error {
                 tracing::debug!(partition = p, %peer, %error, "anti-entropy exchange stopped");
@@ -110,16 +120,19 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
 }
 
 /// Runs one exchange of `partition` with `peer` to its end.
+/// `wanted(key, to_peer)` says whether a key may be copied to the peer (`true`) or here.
 async fn exchange<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
     pacer: &mut Pacer,
     partition: u32,
     peer: &MemberId,
+    wanted: &impl Fn(&[u8], bool) -> bool,
 ) -> ExchangeReport {
     let tree = blocking(|| shared.engine.merkle_tree(partition));
     let mut x = Exchange::new(tree);
     let timeout = shared.config.background_timeout;
     let (mut sent, mut received) = (0u64, 0u64);
+    let (mut fetched, mut pushed) = (0u64, 0u64);
     loop {
         let Some(effect) = x.poll_effect() else {
             // Every effect is answered before the next poll, so this does not happen.
@@ -176,7 +189,14 @@ async fn exchange<T: Transport, S: Store>(
                     (_, other) => x.handle_error(describe(other)),
                 }
             }
-            AeEffect::Repair { fetch, push } => {
+            AeEffect::Repair {
+                mut fetch,
+                mut push,
+            } => {
+                fetch.retain(|k| wanted(k, false));
+                push.retain(|k| wanted(k, true));
+                fetched += fetch.len() as u64;
+                pushed += push.len() as u64;
                 match repair(shared, pacer, partition, peer, fetch, push).await {
                     Ok((s, r)) => {
                         sent += s;
@@ -188,7 +208,12 @@ async fn exchange<T: Transport, S: Store>(
             }
             AeEffect::Done(report) => {
                 shared.metrics.ae_exchange(sent, received);
-                return report;
+                // What actually moved (keys outside a keyspace's N are compared, not copied).
+                return ExchangeReport {
+                    keys_fetched: fetched,
+                    keys_pushed: pushed,
+                    ..report
+                };
             }
         }
     }
@@ -264,6 +289,12 @@ async fn repair<T: Transport, S: Store>(
         }
     }
     Ok((sent, received))
+}
+
+/// The keyspace of a storage key (`len ‖ keyspace ‖ key`).
+fn keyspace_of(storage_key: &[u8]) -> Option<&str> {
+    let len = *storage_key.first()? as usize;
+    std::str::from_utf8(storage_key.get(1..1 + len)?).ok()
 }
 
 fn describe(answer: Result<PeerResponse, super::shared::CallError>) -> String {
