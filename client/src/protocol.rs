@@ -270,6 +270,12 @@ pub struct NodeStatus {
     pub in_flight: u32,
     /// What anti-entropy did on this node since it started.
     pub anti_entropy: AntiEntropyStatus,
+    /// Client requests this node coordinated since it started (every outcome).
+    pub requests: u64,
+    /// Of those, the ones that failed or ended with an unknown outcome.
+    pub request_errors: u64,
+    /// Peer RPCs that failed since it started.
+    pub rpc_errors: u64,
 }
 
 /// A node's anti-entropy figures since it started.
@@ -499,6 +505,9 @@ mod tests {
                     oldest_compare_ms: Some(10),
                     ..AntiEntropyStatus::default()
                 },
+                requests: 12,
+                request_errors: 1,
+                rpc_errors: 2,
             }),
             ClientResponse::Inspected(ReplicaState {
                 node_id: "n1".into(),

@@ -62,7 +62,7 @@ pub struct FileConfig {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     /// Human-readable lines.
@@ -87,6 +87,8 @@ pub struct Overrides {
     pub tls_dir: Option<PathBuf>,
     /// `--admin`.
     pub admin: Option<SocketAddr>,
+    /// `--log-format`.
+    pub log_format: Option<LogFormat>,
 }
 
 /// A node's checked settings.
@@ -152,7 +154,9 @@ impl FileConfig {
             seeds,
             tls_dir,
             admin,
+            log_format,
         } = overrides;
+        self.log_format = log_format.or(self.log_format);
         self.node_id = node_id.or(self.node_id);
         self.listen = listen.or(self.listen);
         self.data_dir = data_dir.or(self.data_dir);

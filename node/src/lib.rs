@@ -46,6 +46,7 @@
 //! with drops, duplicates, delays, reordering, a partition and a crash; every acknowledged
 //! update on every primary replica once healed).
 
+pub mod admin;
 pub mod antientropy;
 pub mod cli;
 pub mod cluster;

@@ -252,6 +252,7 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
             });
         }
     }
+    let metrics = node.metrics();
     let hints = match node.hint_backlog() {
         Ok(backlog) => backlog
             .into_iter()
@@ -283,6 +284,13 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
         hints,
         in_flight: node.in_flight() as u32,
         anti_entropy: anti_entropy_status(node),
+        requests: metrics.updates_acknowledged
+            + metrics.updates_failed
+            + metrics.updates_unknown
+            + metrics.gets_answered
+            + metrics.gets_failed,
+        request_errors: metrics.updates_failed + metrics.updates_unknown + metrics.gets_failed,
+        rpc_errors: metrics.rpc_errors,
     })
 }
 

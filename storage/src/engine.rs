@@ -706,6 +706,11 @@ impl<S: Store> Engine<S> {
         )])
     }
 
+    /// Keys and bytes of the data this node stores (estimates on RocksDB).
+    pub fn stats(&self) -> Result<crate::store::ColumnStats, StorageError> {
+        self.store.stats(Column::Data)
+    }
+
     /// Flushes the store (at shutdown).
     pub fn flush(&self) -> Result<(), StorageError> {
         self.store.flush()

@@ -33,7 +33,7 @@ pub use merkle::{MerkleTree, NodeHash};
 pub use record::{Record, ValueHash};
 #[cfg(feature = "rocksdb")]
 pub use rocks::RocksStore;
-pub use store::{BatchOp, Column, MemoryStore, Store};
+pub use store::{BatchOp, Column, ColumnStats, MemoryStore, Store};
 pub use value::{
     Actor, Bytes, Clock, Counter, FieldView, Kind, MAX_ELEMENT_LEN, MAX_KEY_LEN,
     MAX_MEMBERS_PER_OP, MAX_VALUE_LEN, MapOp, RegisterView, SetOp, Update, Value, View,

@@ -75,6 +75,17 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn stats(&self, column: Column) -> Result<crate::store::ColumnStats, StorageError> {
+        let cf = self.cf(column);
+        let int = |name: &str| -> Result<u64, StorageError> {
+            Ok(self.db.property_int_value_cf(cf, name)?.unwrap_or(0))
+        };
+        Ok(crate::store::ColumnStats {
+            keys: int("rocksdb.estimate-num-keys")?,
+            bytes: int("rocksdb.total-sst-files-size")? + int("rocksdb.cur-size-all-mem-tables")?,
+        })
+    }
+
     fn flush(&self) -> Result<(), StorageError> {
         self.db.flush_wal(true)?;
         for column in Column::ALL {

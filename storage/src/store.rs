@@ -67,6 +67,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes buffered state (used at shutdown so the next open is quick).
     fn flush(&self) -> Result<(), StorageError>;
+
+    /// Size of a column: keys and bytes (estimates where the backend only estimates).
+    fn stats(&self, column: Column) -> Result<ColumnStats, StorageError>;
+}
+
+/// Keys and bytes of one column ([`Store::stats`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ColumnStats {
+    /// Keys (RocksDB: its estimate).
+    pub keys: u64,
+    /// Bytes on disk and in memory tables (RocksDB), or of keys and values (memory).
+    pub bytes: u64,
 }
 
 /// A store in process memory, for simulations and tests. Nothing survives the process.
@@ -83,6 +95,15 @@ impl MemoryStore {
 }
 
 impl Store for MemoryStore {
+    fn stats(&self, column: Column) -> Result<ColumnStats, StorageError> {
+        let columns = self.columns.read();
+        let map = &columns[column.index()];
+        Ok(ColumnStats {
+            keys: map.len() as u64,
+            bytes: map.iter().map(|(k, v)| (k.len() + v.len()) as u64).sum(),
+        })
+    }
+
     fn get(&self, column: Column, key: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
         Ok(self.columns.read()[column.index()].get(key).cloned())
     }

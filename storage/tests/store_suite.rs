@@ -400,6 +400,15 @@ fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: S
     assert_eq!(e.get_record(3, b"k").unwrap().unwrap().hash(), r2.hash());
 }
 
+fn stats_count_the_data<S: Store>(e: &Engine<S>) {
+    assert_eq!(e.stats().unwrap().keys, 0);
+    for i in 0..10u32 {
+        e.apply(1, &i.to_be_bytes(), &set_add(&["m"])).unwrap();
+    }
+    let stats = e.stats().unwrap();
+    assert!(stats.keys >= 1 && stats.bytes > 0, "{stats:?}");
+}
+
 fn app_metadata_is_kept_apart<S: Store>(e: &Engine<S>) {
     assert_eq!(e.get_meta("cluster").unwrap(), None);
     e.put_meta("cluster", b"v1").unwrap();
@@ -436,6 +445,7 @@ suite!(
     hints_merge_per_key_and_delete_only_delivered,
     merkle_tracks_writes,
     app_metadata_is_kept_apart,
+    stats_count_the_data,
     write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed,
 );
 

@@ -127,6 +127,11 @@ impl DevCluster {
             .collect()
     }
 
+    /// The admin (HTTP) address of the `i`-th node (0-based).
+    pub fn admin(&self, i: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::from(([127, 0, 0, 1], self.base_port + 100 + i as u16))
+    }
+
     /// Runs `shoal ARGS… --cluster DIR --json` and parses its one JSON object; panics with
     /// its stderr if it fails.
     pub fn shoal_json(&self, args: &[&str]) -> serde_json::Value {

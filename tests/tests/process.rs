@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use shoal_tests::{DevCluster, alive, send_signal, shoal_bin, wait_until};
+use shoal_tests::{DevCluster, alive, http_get, send_signal, shoal_bin, wait_until};
 
 /// Generous: SWIM needs a few probe rounds and suspicion timeouts, and CI machines are slow.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -156,4 +156,56 @@ fn dev_cluster_stops_on_sigterm_and_restarts_from_its_directory() {
     for node in cluster.nodes() {
         assert!(cluster.pid(node).is_some(), "{node} runs again");
     }
+}
+
+/// The value of the Prometheus sample whose line starts with `series`.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// A real node's admin endpoint: `/health` is 200, and `/metrics` counts requests and
+/// latencies, and grows its store figures, after data commands.
+#[test]
+fn admin_endpoint_reports_health_and_metrics_that_move() {
+    let cluster = DevCluster::start(1);
+    let admin = cluster.admin(0);
+    let mut health = (0, String::new());
+    wait_until("/health to answer 200", MEMBERSHIP_TIMEOUT, || {
+        health = http_get(admin, "/health").unwrap_or((0, String::new()));
+        health.0 == 200
+    });
+    assert_eq!(health.1, "ok\n");
+    let (status, before) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let updates = r#"shoal_requests_total{op="update",outcome="ok"}"#;
+    let latency = r#"shoal_request_duration_seconds_count{op="update"}"#;
+    assert_eq!(sample(&before, updates), None);
+    for i in 0..3 {
+        let out = Command::new(shoal_bin())
+            .args(["counter", "incr", &format!("k{i}"), "--w", "1", "--cluster"])
+            .arg(cluster.dir())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let (_, after) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(sample(&after, updates), Some(3.0), "{after}");
+    assert_eq!(sample(&after, latency), Some(3.0), "{after}");
+    assert!(
+        sample(&after, "shoal_store_keys").unwrap_or(0.0) >= 1.0,
+        "{after}"
+    );
+    assert!(
+        sample(&after, "shoal_store_bytes").unwrap_or(0.0) > 0.0,
+        "{after}"
+    );
+    assert_eq!(sample(&after, r#"shoal_members{state="alive"}"#), Some(1.0));
 }

@@ -13,7 +13,8 @@
 //!  "keyspaces": {"ks": 2}, "hint_backlog_keys": 0,
 //!  "members": [{"node_id", "addr", "state": "alive"|"suspect"|"dead"|"left",
 //!               "incarnation", "ring_version", "in_ring", "partitions", "reachable",
-//!               "in_flight", "hint_backlog": {"keys", "oldest_age_ms", "targets": [...]},
+//!               "in_flight", "requests_per_sec", "requests", "request_errors", "rpc_errors",
+//!               "hint_backlog": {"keys", "oldest_age_ms", "targets": [...]},
 //!               "anti_entropy": {"exchanges", "keys_repaired", "bytes_sent",
 //!                                "bytes_received", "partitions", "never_compared",
 //!                                "oldest_compare_ms"}}]}
@@ -94,6 +95,9 @@ pub struct KeyInfoArgs {
     options: DataOptions,
 }
 
+/// How long `cluster status` waits between its two looks at each node's request count.
+const RATE_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
+
 fn hex64(v: u64) -> String {
     format!("{v:016x}")
 }
@@ -150,11 +154,36 @@ async fn cluster_status(client: &Client) -> Result<Json, CliError> {
         });
     }
     let own: Vec<Option<NodeStatus>> = join_all(asks).await?;
+    // A second look a moment later gives each node's current request rate.
+    let first = tokio::time::Instant::now();
+    tokio::time::sleep(RATE_WINDOW).await;
+    let again: Vec<_> = view
+        .members
+        .iter()
+        .zip(&own)
+        .map(|(m, status)| {
+            let client = client.clone();
+            let (addr, asked) = (m.addr, status.is_some());
+            async move {
+                if asked {
+                    client.node_status(addr).await.ok()
+                } else {
+                    None
+                }
+            }
+        })
+        .collect();
+    let again: Vec<Option<NodeStatus>> = join_all(again).await?;
+    let elapsed = first.elapsed().as_secs_f64();
     let mut members = Vec::new();
     let mut versions = std::collections::BTreeSet::new();
     let mut all_answered = true;
     let mut total_hints = 0u64;
-    for (m, status) in view.members.iter().zip(own) {
+    for ((m, status), later) in view.members.iter().zip(own).zip(again) {
+        let rate = match (&status, &later) {
+            (Some(a), Some(b)) => Some(b.requests.saturating_sub(a.requests) as f64 / elapsed),
+            _ => None,
+        };
         if m.in_ring {
             match &status {
                 Some(s) => {
@@ -184,6 +213,10 @@ async fn cluster_status(client: &Client) -> Result<Json, CliError> {
             "partitions": m.partitions,
             "reachable": status.is_some(),
             "in_flight": status.as_ref().map(|s| s.in_flight),
+            "requests_per_sec": rate.map(|r| (r * 10.0).round() / 10.0),
+            "requests": status.as_ref().map(|s| s.requests),
+            "request_errors": status.as_ref().map(|s| s.request_errors),
+            "rpc_errors": status.as_ref().map(|s| s.rpc_errors),
             "anti_entropy": status.as_ref().map(|s| {
                 let ae = &s.anti_entropy;
                 json!({
@@ -256,8 +289,18 @@ fn print_status_table(report: &Json) {
     keyspaces.push(format!("others N={}", report["default_n"]));
     println!("keyspaces: {}", keyspaces.join(", "));
     println!(
-        "{:<16} {:<22} {:<8} {:>5} {:<17} {:>10} {:>12} {:>12} {:>10}",
-        "NODE", "ADDR", "STATE", "INC", "RING", "PARTITIONS", "HINTS", "AE-REPAIRED", "AE-AGE"
+        "{:<12} {:<21} {:<7} {:>4} {:<8} {:>5} {:>8} {:>7} {:>10} {:>8} {:>7}",
+        "NODE",
+        "ADDR",
+        "STATE",
+        "INC",
+        "RING",
+        "PARTS",
+        "REQ/S",
+        "ERRORS",
+        "HINTS",
+        "AE-FIXED",
+        "AE-AGE"
     );
     for m in report["members"].as_array().into_iter().flatten() {
         let hints = match &m["hint_backlog"] {
@@ -282,18 +325,29 @@ fn print_status_table(report: &Json) {
                 },
             ),
         };
+        let errors = match (m["request_errors"].as_u64(), m["rpc_errors"].as_u64()) {
+            (Some(r), Some(p)) => (r + p).to_string(),
+            _ => "-".to_owned(),
+        };
+        let rate = m["requests_per_sec"]
+            .as_f64()
+            .map_or("-".to_owned(), |r| format!("{r:.1}"));
         println!(
-            "{:<16} {:<22} {:<8} {:>5} {:<17} {:>10} {:>12} {:>12} {:>10}",
+            "{:<12} {:<21} {:<7} {:>4} {:<8} {:>5} {:>8} {:>7} {:>10} {:>8} {:>7}",
             m["node_id"].as_str().unwrap_or("?"),
             m["addr"].as_str().unwrap_or("?"),
             m["state"].as_str().unwrap_or("?"),
             m["incarnation"].to_string(),
-            m["ring_version"].as_str().unwrap_or("?"),
+            m["ring_version"]
+                .as_str()
+                .map_or("?", |v| &v[..v.len().min(8)]),
             if m["in_ring"].as_bool() == Some(true) {
                 m["partitions"].to_string()
             } else {
                 "-".to_owned()
             },
+            rate,
+            errors,
             hints,
             repaired,
             age,

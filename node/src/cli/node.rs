@@ -92,9 +92,12 @@ pub struct StartArgs {
     /// Certificate directory (overrides `tls_dir`).
     #[arg(long = "tls-dir")]
     pub tls_dir: Option<PathBuf>,
-    /// Admin address (overrides `admin`).
+    /// Admin address: HTTP `/health` and `/metrics` (overrides `admin`).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
+    /// Log lines as `text` or `json` (overrides `log_format`); levels by `RUST_LOG`.
+    #[arg(long = "log-format", value_enum)]
+    pub log_format: Option<LogFormat>,
 }
 
 /// Runs a `node` subcommand.
@@ -117,6 +120,7 @@ fn start(args: StartArgs) -> Result<(), CliError> {
             seeds: args.seeds,
             tls_dir: args.tls_dir,
             admin: args.admin,
+            log_format: args.log_format,
         })
         .settings()
         .map_err(|e| CliError::Input(e.to_string()))?;
@@ -207,6 +211,17 @@ async fn run_node(settings: NodeSettings) -> Result<(), CliError> {
             .map_err(|e| CliError::Input(e.to_string()))?,
     );
     crate::service::spawn(node.clone(), client_inbox);
+    let admin = match tokio::net::TcpListener::bind(settings.admin).await {
+        Ok(listener) => listener,
+        Err(e) => {
+            node.shutdown().await;
+            return Err(CliError::Failed(format!(
+                "cannot listen on the admin address {}: {e}",
+                settings.admin
+            )));
+        }
+    };
+    crate::admin::spawn(node.clone(), admin);
     write_pid_file(settings.pid_file.as_deref());
     let cluster = node.cluster();
     let ids: Vec<&str> = cluster

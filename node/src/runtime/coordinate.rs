@@ -7,6 +7,7 @@ use std::time::Duration;
 use shoal_membership::NodeId as MemberId;
 use shoal_storage::{Engine, MAX_KEY_LEN, Record, Store, Update};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::shared::{CallError, Class, InFlight, Shared, blocking};
 use super::storage_key;
@@ -143,6 +144,10 @@ pub(crate) async fn update<T: Transport, S: Store>(
         .validate()
         .map_err(|e| RequestError::Invalid(e.to_string()))?;
     let placement = place(shared, keyspace, key, w, "w")?;
+    // The request's span: its id and partition, on every log line of its coordination
+    // (replica RPCs and hints included, also after the client was answered).
+    let span =
+        tracing::debug_span!("update", request = %id, partition = placement.partition, forwarded);
     let deadline = shared.now() + timeout;
     if must_forward(shared, &placement, w, forwarded)? {
         return forward(
@@ -165,14 +170,17 @@ pub(crate) async fn update<T: Transport, S: Store>(
         UpdateCoordinator::new(shared.local.clone(), placement.selection, w, deadline)?;
     let (reply, answer) = oneshot::channel();
     let guard = shared.coordinating();
-    shared.spawn(drive_update(
-        guard,
-        shared.clone(),
-        (id, placement.partition, placement.key),
-        update,
-        coordinator,
-        reply,
-    ));
+    shared.spawn(
+        drive_update(
+            guard,
+            shared.clone(),
+            (id, placement.partition, placement.key),
+            update,
+            coordinator,
+            reply,
+        )
+        .instrument(span),
+    );
     answer.await.unwrap_or(Err(RequestError::ShuttingDown))
 }
 
@@ -319,6 +327,8 @@ pub(crate) async fn get<T: Transport, S: Store>(
     forwarded: bool,
 ) -> Result<GetOutcome, RequestError> {
     let placement = place(shared, keyspace, key, r, "r")?;
+    let span =
+        tracing::debug_span!("get", request = %id, partition = placement.partition, forwarded);
     let deadline = shared.now() + timeout;
     if must_forward(shared, &placement, r, forwarded)? {
         let (replies, record) = forward(
@@ -349,15 +359,18 @@ pub(crate) async fn get<T: Transport, S: Store>(
     let coordinator = GetCoordinator::new(shared.local.clone(), placement.selection, r, deadline)?;
     let (reply, answer) = oneshot::channel();
     let guard = shared.coordinating();
-    shared.spawn(drive_get(
-        guard,
-        shared.clone(),
-        id,
-        placement.partition,
-        placement.key,
-        coordinator,
-        reply,
-    ));
+    shared.spawn(
+        drive_get(
+            guard,
+            shared.clone(),
+            id,
+            placement.partition,
+            placement.key,
+            coordinator,
+            reply,
+        )
+        .instrument(span),
+    );
     answer.await.unwrap_or(Err(RequestError::ShuttingDown))
 }
 

@@ -327,7 +327,11 @@ impl<T: Transport, S: Store> Node<T, S> {
         timeout: Duration,
     ) -> Result<Acknowledged, RequestError> {
         let id = self.shared.next_request_id();
-        coordinate::update(&self.shared, id, keyspace, key, update, w, timeout, false).await
+        let started = tokio::time::Instant::now();
+        let result =
+            coordinate::update(&self.shared, id, keyspace, key, update, w, timeout, false).await;
+        self.shared.metrics.latency("update", started.elapsed());
+        result
     }
 
     /// Reads `key` of `keyspace` from R replicas (fallbacks count), merged; replicas that
@@ -341,7 +345,10 @@ impl<T: Transport, S: Store> Node<T, S> {
         timeout: Duration,
     ) -> Result<GetOutcome, RequestError> {
         let id = self.shared.next_request_id();
-        coordinate::get(&self.shared, id, keyspace, key, r, timeout, false).await
+        let started = tokio::time::Instant::now();
+        let result = coordinate::get(&self.shared, id, keyspace, key, r, timeout, false).await;
+        self.shared.metrics.latency("get", started.elapsed());
+        result
     }
 
     /// This node: its id and address.
@@ -352,6 +359,26 @@ impl<T: Transport, S: Store> Node<T, S> {
     /// The request path's counters since this node started.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.shared.metrics.snapshot()
+    }
+
+    /// Every metric of this node in Prometheus text format (what `/metrics` serves), with the
+    /// gauges read now: member states, hint backlog, queue depths, store size, anti-entropy
+    /// coverage.
+    pub fn render_metrics(&self) -> String {
+        self.shared.refresh_gauges();
+        self.shared.metrics.render()
+    }
+
+    /// Why this node cannot serve requests, or `None` if it can (what `/health` reports).
+    pub fn unhealthy(&self) -> Option<String> {
+        if self.shared.cancel.is_cancelled() {
+            return Some("shutting down".into());
+        }
+        let view = self.shared.view();
+        if !view.state.is_joined(&self.shared.local) {
+            return Some("this node holds no partitions in its ring".into());
+        }
+        None
     }
 
     /// The store.

@@ -33,12 +33,14 @@ pub(crate) async fn run<T: Transport, S: Store>(
     }
 }
 
+#[tracing::instrument(level = "debug", skip_all, fields(from = %rpc.from.id, request = tracing::field::Empty))]
 async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: IncomingRpc) {
     let request = match message::decode_request(&rpc.request) {
         Ok(request) => request,
         Err(e) => return rpc.reject(format!("malformed request: {e}")),
     };
     let id = request.id();
+    tracing::Span::current().record("request", tracing::field::display(id));
     let answer = if matches!(
         request,
         PeerRequest::ForwardUpdate { .. } | PeerRequest::ForwardGet { .. }

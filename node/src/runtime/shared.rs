@@ -303,6 +303,95 @@ impl<T: Transport, S: Store> Shared<T, S> {
         out
     }
 
+    /// Sets the gauges read at scrape time.
+    pub(crate) fn refresh_gauges(&self) {
+        use super::metrics::{PeerClassLabels, StateLabels, TargetLabels};
+        let m = &self.metrics;
+        let mut counts = [("alive", 1i64), ("suspect", 0), ("dead", 0), ("left", 0)];
+        for view in read(&self.live).values() {
+            let i = match view.state {
+                MemberState::Alive => 0,
+                MemberState::Suspect => 1,
+                MemberState::Dead => 2,
+                MemberState::Left => 3,
+            };
+            counts[i].1 += 1;
+        }
+        for (state, n) in counts {
+            m.members.get_or_create(&StateLabels { state }).set(n);
+        }
+        // Targets whose backlog emptied stay listed with 0.
+        let backlog = blocking(|| self.engine.hint_backlog()).unwrap_or_default();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        for view in read(&self.live).keys() {
+            let target = TargetLabels {
+                target: view.as_str().to_owned(),
+            };
+            m.hint_keys.get_or_create(&target).set(0);
+            m.hint_oldest.get_or_create(&target).set(0.0);
+        }
+        for (target, b) in backlog {
+            let target = TargetLabels { target };
+            m.hint_keys.get_or_create(&target).set(b.keys as i64);
+            let age = b.oldest_ms.map_or(0, |ms| now_ms.saturating_sub(ms));
+            m.hint_oldest
+                .get_or_create(&target)
+                .set(age as f64 / 1000.0);
+        }
+        for (peer, budgets) in self
+            .budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            for (class, budget, slots) in [
+                (
+                    "foreground",
+                    &budgets.foreground,
+                    self.config.peer_concurrency,
+                ),
+                (
+                    "background",
+                    &budgets.background,
+                    self.config.background_concurrency,
+                ),
+            ] {
+                let busy = slots.max(1) - budget.slots.available_permits().min(slots.max(1));
+                let depth = busy + budget.waiting.load(Ordering::SeqCst);
+                m.queue_depth
+                    .get_or_create(&PeerClassLabels {
+                        peer: peer.as_str().to_owned(),
+                        class,
+                    })
+                    .set(depth as i64);
+            }
+        }
+        if let Ok(stats) = blocking(|| self.engine.stats()) {
+            m.store_keys.set(stats.keys as i64);
+            m.store_bytes.set(stats.bytes as i64);
+        }
+        m.in_flight.set(self.in_flight() as i64);
+        let view = self.view();
+        let ages = self.ae_ages();
+        let mine: Vec<u32> = (0..view.ring.partitioner().partitions())
+            .filter(|&p| {
+                view.ring
+                    .primaries(shoal_membership::PartitionId(p))
+                    .contains(&self.local)
+            })
+            .collect();
+        m.ae_never_compared
+            .set(mine.iter().filter(|p| !ages.contains_key(p)).count() as i64);
+        m.ae_oldest_compare.set(
+            mine.iter()
+                .filter_map(|p| ages.get(p))
+                .max()
+                .map_or(0.0, Duration::as_secs_f64),
+        );
+    }
+
     /// Records that `partition` was just compared with every other live primary.
     pub(crate) fn ae_compared(&self, partition: u32) {
         let now = self.now();
@@ -395,9 +484,27 @@ impl<T: Transport, S: Store> Shared<T, S> {
         timeout: Duration,
         class: Class,
     ) -> Result<PeerResponse, CallError> {
-        let peer = self
-            .peer(to)
-            .ok_or_else(|| CallError::definite(format!("no address for {to}")))?;
+        let result = self.call_counted(to, request, timeout, class).await;
+        if let Err((kind, _)) = &result {
+            self.metrics.rpc_error(to.as_str(), kind);
+        }
+        result.map_err(|(_, e)| e)
+    }
+
+    /// [`call`](Self::call), with the kind of a failure for the metrics.
+    async fn call_counted(
+        &self,
+        to: &MemberId,
+        request: &PeerRequest,
+        timeout: Duration,
+        class: Class,
+    ) -> Result<PeerResponse, (&'static str, CallError)> {
+        let peer = self.peer(to).ok_or_else(|| {
+            (
+                "unreachable",
+                CallError::definite(format!("no address for {to}")),
+            )
+        })?;
         let budget = {
             let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
             let budgets = budgets.entry(to.clone()).or_insert_with(|| Budgets {
@@ -413,17 +520,38 @@ impl<T: Transport, S: Store> Shared<T, S> {
         let _permit = budget
             .acquire(self.config.peer_queue, timeout)
             .await
-            .ok_or_else(|| CallError::definite(format!("{to} busy: {class:?} queue full")))?;
+            .ok_or_else(|| {
+                (
+                    "busy",
+                    CallError::definite(format!("{to} busy: {class:?} queue full")),
+                )
+            })?;
         let timeout = timeout.saturating_sub(started.elapsed());
         let body = message::encode_request(request)
-            .map_err(|e| CallError::definite(format!("encode: {e}")))?;
+            .map_err(|e| ("other", CallError::definite(format!("encode: {e}"))))?;
         let response = self
             .transport
             .rpc(&peer, Bytes::from(body), timeout)
-            .await?;
-        message::decode_response(&response).map_err(|e| CallError {
-            message: format!("bad response: {e}"),
-            may_have_taken_effect: true,
+            .await
+            .map_err(|e| {
+                let kind = match &e {
+                    TransportError::Unreachable { .. } | TransportError::Closed => "unreachable",
+                    TransportError::Timeout(_) => "timeout",
+                    TransportError::ConnectionLost(_) => "connection_lost",
+                    TransportError::Rejected(_) => "rejected",
+                    TransportError::BadResponse(_) => "bad_response",
+                    _ => "other",
+                };
+                (kind, CallError::from(e))
+            })?;
+        message::decode_response(&response).map_err(|e| {
+            (
+                "bad_response",
+                CallError {
+                    message: format!("bad response: {e}"),
+                    may_have_taken_effect: true,
+                },
+            )
         })
     }
 }

@@ -267,6 +267,20 @@ fn on_event<T: Transport, S: Store>(
             },
         );
     }
+    let metric = match &event {
+        Event::Up(_) => "up",
+        Event::Recovered(_) => "recovered",
+        Event::MetadataChanged(_) => "metadata",
+        Event::Suspect(_) => "suspect",
+        Event::Dead(_) => "dead",
+        Event::Left(_) => "left",
+    };
+    let new_incarnation = shared
+        .member_views()
+        .iter()
+        .find(|(id, _)| *id == member.id)
+        .is_some_and(|(_, known)| known.incarnation != member.incarnation);
+    shared.metrics.member_event(metric, new_incarnation);
     shared.set_member(
         member.id.clone(),
         MemberView {
