@@ -160,10 +160,15 @@ fn error_reply(e: RequestError) -> ClientResponse {
         RequestError::ShuttingDown => ErrorCode::Busy,
         _ => ErrorCode::Quorum,
     };
+    // The client's error names the kind already ("invalid request: …"): send the detail.
+    let message = match e {
+        RequestError::Invalid(detail) => detail,
+        e => e.to_string(),
+    };
     ClientResponse::Error(ErrorReply {
         outcome,
         code,
-        message: e.to_string(),
+        message,
     })
 }
 

@@ -11,6 +11,7 @@
 //! dev cluster's directory, which `--cluster DIR` reads, is documented in [`dev_cluster`].
 
 mod admin;
+mod bench;
 mod cert;
 pub mod data;
 #[cfg(feature = "rocksdb")]
@@ -86,6 +87,8 @@ pub enum Command {
     Cluster(admin::ClusterArgs),
     /// A key's partition, preference list, and each replica's digest read from that replica.
     KeyInfo(admin::KeyInfoArgs),
+    /// Load benchmark: YCSB-style workloads a, b, c or counter increments through the SDK.
+    Bench(bench::BenchArgs),
 }
 
 /// Runs one parsed command.
@@ -104,6 +107,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Keyspace(args) => admin::run_keyspace(args),
         Command::Cluster(args) => admin::run_cluster(args),
         Command::KeyInfo(args) => admin::run_key_info(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
