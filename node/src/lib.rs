@@ -1,6 +1,6 @@
 //! `shoal-node`: the node runtime and the `shoal` binary.
 //!
-//! Built so far (issue 4: transport and request path):
+//! The parts:
 //!
 //! - [`identity`], [`codec`]: re-exported from `shoal-client`, which holds the one
 //!   implementation both sides use: node ids and client names (URI SANs), stream frames
@@ -33,8 +33,13 @@
 //! - [`cli`]: the `shoal` command line, one module per command group; the data commands
 //!   (`counter`, `set`, `register`, `delete`, `get`) go through the SDK.
 //!
-//! Not built yet: anti-entropy, ring gossip (the ring is the configured member list for now),
-//! admin and metrics. `node start` and `dev-cluster` ([`cli`]) run real processes on
+//! - [`cluster`]: the cluster state (ring members, addresses, N per keyspace) as a CRDT that
+//!   SWIM metadata announces and nodes pull and merge (ring gossip).
+//! - [`antientropy`]: Merkle anti-entropy between the replicas of a partition as a state
+//!   machine; the runtime drives it within a budget.
+//! - [`admin`]: `/health` and Prometheus `/metrics` over HTTP on the admin address.
+//!
+//! `node start` and `dev-cluster` ([`cli`]) run real processes on
 //! RocksDB (the `rocksdb` feature, on by default). The store is used
 //! through `shoal_storage::Engine<S>` for any `Store`; this crate builds `shoal-storage`
 //! with RocksDB only under the `rocksdb` feature. Its [`NodeId`] is stricter than

@@ -22,6 +22,8 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// [`start_node`](Self::start_node) are [`Process`]es the test owns (and kills on drop).
 pub struct DevCluster {
     supervisor: Option<Process>,
+    /// The network namespace every process runs in, if any.
+    netns: Option<String>,
     nodes: Vec<String>,
     base_port: u16,
     readies: usize,
@@ -50,12 +52,19 @@ impl DevCluster {
     /// Starts a cluster of `nodes` and waits until dev-cluster reports it ready (every node
     /// started).
     pub fn start(nodes: usize) -> Self {
+        Self::start_in(nodes, None)
+    }
+
+    /// [`start`](Self::start), with every process of the cluster (and every `shoal` command
+    /// the harness runs) inside the network namespace `netns`.
+    pub fn start_in(nodes: usize, netns: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("shoal-dev-")
             .tempdir()
             .expect("temporary directory");
         let mut cluster = Self {
             supervisor: None,
+            netns: netns.map(str::to_owned),
             nodes: (1..=nodes).map(|i| format!("n{i}")).collect(),
             base_port: free_base_port(nodes),
             readies: 0,
@@ -77,7 +86,7 @@ impl DevCluster {
         let err = out.try_clone().expect("clone output file");
         let supervisor = Process::spawn(
             "shoal dev-cluster",
-            Command::new(shoal_bin())
+            self.shoal()
                 .arg("dev-cluster")
                 .arg("--nodes")
                 .arg(self.nodes.len().to_string())
@@ -120,6 +129,26 @@ impl DevCluster {
         &self.nodes
     }
 
+    /// A `shoal` command, inside the cluster's network namespace if it has one (`ip netns
+    /// exec` replaces itself with `shoal`, so the child's pid is shoal's).
+    pub fn shoal(&self) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut command = Command::new("ip");
+                command.args(["netns", "exec", ns]).arg(shoal_bin());
+                command
+            }
+            None => Command::new(shoal_bin()),
+        }
+    }
+
+    /// The nodes' QUIC ports, in node order.
+    pub fn ports(&self) -> Vec<u16> {
+        (0..self.nodes.len())
+            .map(|i| self.base_port + i as u16)
+            .collect()
+    }
+
     /// The nodes' QUIC addresses (what SDK clients use as seeds), in node order.
     pub fn seeds(&self) -> Vec<std::net::SocketAddr> {
         (0..self.nodes.len())
@@ -135,22 +164,30 @@ impl DevCluster {
     /// Runs `shoal ARGS… --cluster DIR --json` and parses its one JSON object; panics with
     /// its stderr if it fails.
     pub fn shoal_json(&self, args: &[&str]) -> serde_json::Value {
-        let output = Command::new(shoal_bin())
+        self.shoal_json_result(args)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`shoal_json`](Self::shoal_json), with a failure as an error.
+    pub fn shoal_json_result(&self, args: &[&str]) -> Result<serde_json::Value, String> {
+        let output = self
+            .shoal()
             .args(args)
             .arg("--cluster")
             .arg(self.dir())
             .arg("--json")
             .stdin(Stdio::null())
             .output()
-            .expect("run shoal");
-        assert!(
-            output.status.success(),
-            "shoal {args:?} exited {}: {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-        serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-            panic!(
+            .map_err(|e| format!("cannot run shoal: {e}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "shoal {args:?} exited {}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            ));
+        }
+        serde_json::from_slice(&output.stdout).map_err(|e| {
+            format!(
                 "shoal {args:?} printed no JSON ({e}): {}",
                 String::from_utf8_lossy(&output.stdout)
             )
@@ -194,7 +231,7 @@ impl DevCluster {
         let err = log.try_clone().expect("clone log");
         Process::spawn(
             format!("shoal node start ({node})"),
-            Command::new(shoal_bin())
+            self.shoal()
                 .args(["node", "start", "--config"])
                 .arg(self.config(node))
                 .stdin(Stdio::null())

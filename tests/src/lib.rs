@@ -19,8 +19,10 @@
 //! `cargo test -p shoal-tests` alone, build it first (`cargo build -p shoal-node --bin shoal`),
 //! or a stale binary is tested.
 
+pub mod chaos;
 mod cluster;
 mod process;
+pub mod scenarios;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
