@@ -276,6 +276,11 @@ pub struct NodeStatus {
     pub request_errors: u64,
     /// Peer RPCs that failed since it started.
     pub rpc_errors: u64,
+    /// A digest of the node's data in the partitions it is a primary of (equal on two such
+    /// nodes exactly when they hold the same data).
+    pub data_digest: u128,
+    /// Whether anti-entropy is paused on the node.
+    pub anti_entropy_paused: bool,
 }
 
 /// A node's anti-entropy figures since it started.
@@ -508,6 +513,8 @@ mod tests {
                 requests: 12,
                 request_errors: 1,
                 rpc_errors: 2,
+                data_digest: 99,
+                anti_entropy_paused: false,
             }),
             ClientResponse::Inspected(ReplicaState {
                 node_id: "n1".into(),

@@ -4,6 +4,8 @@
 //!   the body (shutting down, holds no partitions).
 //! - `GET /metrics`: every metric of the node in Prometheus text format (the metric list is in
 //!   the runtime's `metrics` module docs).
+//! - `POST /anti-entropy/pause`, `POST /anti-entropy/resume`: stop and restart anti-entropy
+//!   rounds on this node (to measure what it costs); answers `paused` or `running`.
 //!
 //! ```no_run
 //! # async fn demo(
@@ -22,7 +24,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use shoal_storage::Store;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -42,6 +44,8 @@ pub fn spawn<T: Transport, S: Store>(
     let app = Router::new()
         .route("/health", get(health::<T, S>))
         .route("/metrics", get(metrics::<T, S>))
+        .route("/anti-entropy/pause", post(pause::<T, S>))
+        .route("/anti-entropy/resume", post(resume::<T, S>))
         .with_state(node);
     tokio::spawn(async move {
         let served = axum::serve(listener, app)
@@ -58,6 +62,18 @@ async fn health<T: Transport, S: Store>(State(node): State<Arc<Node<T, S>>>) -> 
         None => (StatusCode::OK, "ok\n".to_owned()),
         Some(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
+}
+
+async fn pause<T: Transport, S: Store>(State(node): State<Arc<Node<T, S>>>) -> &'static str {
+    node.pause_anti_entropy(true);
+    tracing::info!("anti-entropy paused");
+    "paused\n"
+}
+
+async fn resume<T: Transport, S: Store>(State(node): State<Arc<Node<T, S>>>) -> &'static str {
+    node.pause_anti_entropy(false);
+    tracing::info!("anti-entropy resumed");
+    "running\n"
 }
 
 async fn metrics<T: Transport, S: Store>(State(node): State<Arc<Node<T, S>>>) -> impl IntoResponse {

@@ -296,6 +296,8 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
             + metrics.gets_failed,
         request_errors: metrics.updates_failed + metrics.updates_unknown + metrics.gets_failed,
         rpc_errors: metrics.rpc_errors,
+        data_digest: node.data_digest(),
+        anti_entropy_paused: node.anti_entropy_paused(),
     })
 }
 

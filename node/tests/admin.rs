@@ -13,8 +13,14 @@ use common::{Cluster, KEYSPACE, NODES, TIMEOUT, eventually};
 
 /// `GET path` over HTTP/1.1; returns the status code and the body.
 async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    http(addr, "GET", path).await
+}
+
+async fn http(addr: std::net::SocketAddr, method: &str, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: shoal\r\nConnection: close\r\n\r\n");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: shoal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).await.unwrap();
@@ -52,6 +58,16 @@ async fn health_and_metrics_move_with_requests() {
     assert_eq!((status, body.as_str()), (200, "ok\n"));
     let (status, _) = get(addr, "/nowhere").await;
     assert_eq!(status, 404);
+    assert_eq!(
+        http(addr, "POST", "/anti-entropy/pause").await,
+        (200, "paused\n".to_owned())
+    );
+    assert!(node.anti_entropy_paused());
+    assert_eq!(
+        http(addr, "POST", "/anti-entropy/resume").await,
+        (200, "running\n".to_owned())
+    );
+    assert!(!node.anti_entropy_paused());
 
     let (_, before) = get(addr, "/metrics").await;
     assert!(before.contains("shoal_store_keys 0"), "{before}");

@@ -9,6 +9,9 @@
 //! - **Adaptive interval.** After a round that repaired something the next comes after half
 //!   the previous interval (at least `ae_min_interval`); after a round that found nothing,
 //!   after twice it (at most `ae_max_interval`).
+//! - **Pause.** [`Node::pause_anti_entropy`](super::Node::pause_anti_entropy) (the admin
+//!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed; a round
+//!   in progress finishes.
 //! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
 //!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], and every RPC uses
 //!   the peer's background budget, so foreground requests keep their share.
@@ -66,6 +69,10 @@ pub(crate) async fn run<T: Transport, S: Store>(
                 // Several members may come up together: one round covers them all.
                 while wake.try_recv().is_ok() {}
             }
+        }
+        if shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {
+            due = tokio::time::Instant::now() + config.ae_min_interval;
+            continue;
         }
         let repaired = round(&shared, &mut pacer).await;
         interval = if repaired > 0 {

@@ -419,6 +419,39 @@ impl<T: Transport, S: Store> Node<T, S> {
         self.shared.ae_ages()
     }
 
+    /// Pauses (`true`) or resumes anti-entropy rounds; a round in progress finishes.
+    pub fn pause_anti_entropy(&self, paused: bool) {
+        self.shared
+            .ae_paused
+            .store(paused, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether anti-entropy is paused.
+    pub fn anti_entropy_paused(&self) -> bool {
+        self.shared
+            .ae_paused
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// A digest of every partition tree this node keeps for the partitions it is a primary
+    /// of: two nodes that are primaries of the same partitions have equal digests exactly
+    /// when they hold the same data (a benchmark's convergence test).
+    pub fn data_digest(&self) -> u128 {
+        let view = self.shared.view();
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for p in 0..view.ring.partitioner().partitions() {
+            if view
+                .ring
+                .primaries(shoal_membership::PartitionId(p))
+                .contains(&self.shared.local)
+            {
+                h.update(&p.to_le_bytes());
+                h.update(&self.shared.engine.merkle_root(p).to_le_bytes());
+            }
+        }
+        h.digest128()
+    }
+
     /// This node's SWIM incarnation.
     pub fn incarnation(&self) -> u64 {
         self.shared

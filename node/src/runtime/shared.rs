@@ -178,6 +178,8 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     /// When (on [`now`](Self::now)'s clock) each partition was last compared with every
     /// other live primary.
     ae_last: Mutex<HashMap<u32, Duration>>,
+    /// Whether anti-entropy rounds are paused (an operator's switch, for measurements).
+    pub(crate) ae_paused: std::sync::atomic::AtomicBool,
     pub(crate) swim_commands: mpsc::Sender<Command>,
     pub(crate) dedup: Dedup,
     /// This node's SWIM incarnation, as the SWIM task last saw it.
@@ -226,6 +228,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             handoff_wake,
             ae_wake,
             ae_last: Mutex::new(HashMap::new()),
+            ae_paused: std::sync::atomic::AtomicBool::new(false),
             swim_commands,
             dedup: Dedup::new(),
             incarnation: AtomicU64::new(0),
