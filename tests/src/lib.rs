@@ -21,6 +21,7 @@
 
 pub mod chaos;
 mod cluster;
+pub mod convergence;
 mod process;
 pub mod scenarios;
 

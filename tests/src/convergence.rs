@@ -1,0 +1,496 @@
+//! The convergence benchmark (`scripts/bench-convergence`): how long a 3-node cluster takes to
+//! make every replica equal again after a fault, and how many bytes it moves doing so, next to
+//! the minimum and the floor.
+//!
+//! Everything runs inside a network namespace of its own: the nodes (a dev cluster), the SDK
+//! client (on a thread that entered the namespace), and an iptables rule in the OUTPUT chain
+//! that counts every UDP byte one node sends another (QUIC, TLS and SWIM included). The idle
+//! rate of that counter is measured first and subtracted.
+//!
+//! Runs:
+//! - **partition** (for each `d`): n3 is cut off, `d` new keys are written (W=2), the cut is
+//!   healed; until every node's data digest is equal and no hints are held.
+//! - **kill**: n3 is killed for `kill_secs` while keys are written, then restarted; until
+//!   hint backlogs are 0 and digests equal.
+//! - **wipe**: n3 is killed, its data directory deleted, restarted; until digests are equal.
+//!
+//! For each: time to converge next to the floor (detection, measured as the time until every
+//! node sees n3 alive, plus one anti-entropy interval, plus the minimum bytes at the measured
+//! loopback bandwidth), bytes moved next to the minimum (the differing keys and values plus a
+//! 16-byte digest each) and next to a full copy of n3's data, and the keys still to repair over
+//! time (hints held for n3; for the wipe, keys less those anti-entropy restored on n3),
+//! plotted as SVG. Finally, foreground read throughput with anti-entropy running and paused.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+use shoal_client::identity::ClientName;
+use shoal_client::protocol::NodeStatus;
+use shoal_client::tls::TlsMaterial;
+use shoal_client::{Client, ClientConfig};
+
+use crate::chaos::Netns;
+use crate::process::{alive, send_signal};
+use crate::{DevCluster, wait_until};
+
+/// Settings of a benchmark run.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Keys loaded before the runs.
+    pub keys: usize,
+    /// Differing-key counts of the partition runs.
+    pub d: Vec<usize>,
+    /// Value size in bytes.
+    pub value_size: usize,
+    /// How long n3 stays dead in the kill run.
+    pub kill_secs: u64,
+    /// Where results.json and the plots go.
+    pub out: std::path::PathBuf,
+}
+
+/// The anti-entropy interval a fault's repair may wait for (the node's `ae_min_interval`).
+const AE_INTERVAL: Duration = Duration::from_secs(2);
+const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
+/// How long the idle peer traffic (SWIM, anti-entropy rounds that find nothing) is measured.
+const IDLE_WINDOW: Duration = Duration::from_secs(30);
+
+fn progress(message: &str) {
+    eprintln!("bench-convergence: {message}");
+}
+
+/// Bytes the nodes sent each other so far (the OUTPUT counting rule).
+fn peer_bytes(ns: &Netns) -> u64 {
+    let output = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns.name(),
+            "iptables",
+            "-w",
+            "-L",
+            "OUTPUT",
+            "-v",
+            "-x",
+            "-n",
+        ])
+        .output()
+        .expect("iptables");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("multiport"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum()
+}
+
+/// Loopback TCP bandwidth in bytes/s (256 MiB through one connection).
+fn loopback_bandwidth() -> f64 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let total = 256usize << 20;
+    let reader = std::thread::spawn(move || {
+        let (mut conn, _) = listener.accept().expect("accept");
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < total {
+            match conn.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got += n,
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..(total >> 20) {
+        conn.write_all(&chunk).expect("write");
+    }
+    drop(conn);
+    reader.join().expect("reader");
+    total as f64 / started.elapsed().as_secs_f64()
+}
+
+fn http_post(addr: SocketAddr, path: &str) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("admin");
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: shoal\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    assert!(response.contains(" 200 "), "{path}: {response}");
+}
+
+/// One fault's measurement.
+struct Measured {
+    seconds: f64,
+    detection: f64,
+    bytes: f64,
+    raw_bytes: f64,
+    timeline: Vec<(f64, f64)>,
+}
+
+struct Bench<'a> {
+    ns: &'a Netns,
+    cluster: &'a DevCluster,
+    client: Client,
+    settings: &'a Settings,
+    idle_rate: f64,
+    bandwidth: f64,
+    written: usize,
+}
+
+impl Bench<'_> {
+    fn key(&self, tag: &str, i: usize) -> String {
+        format!("conv-{tag}-{i:08}")
+    }
+
+    async fn put_many(&mut self, tag: &str, count: usize, w: u32) -> usize {
+        let value = vec![b'v'; self.settings.value_size];
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut next = 0;
+        let mut ok = 0;
+        while next < count || !tasks.is_empty() {
+            while next < count && tasks.len() < 32 {
+                let (client, key, value) =
+                    (self.client.clone(), self.key(tag, next), value.clone());
+                tasks.spawn(async move { client.register(key).w(w).put(value).await.is_ok() });
+                next += 1;
+            }
+            if let Some(done) = tasks.join_next().await {
+                ok += usize::from(done.unwrap_or(false));
+            }
+        }
+        self.written += ok;
+        ok
+    }
+
+    async fn statuses(&self) -> Vec<Option<NodeStatus>> {
+        let mut out = Vec::new();
+        for addr in self.cluster.seeds() {
+            out.push(self.client.node_status(addr).await.ok());
+        }
+        out
+    }
+
+    /// Waits until every node answers with the same data digest, no hints, and sees every
+    /// member alive; records the keys still to repair over time (`pending`).
+    async fn converge(
+        &self,
+        started: Instant,
+        bytes0: u64,
+        pending: impl Fn(&[Option<NodeStatus>]) -> f64,
+    ) -> Measured {
+        let mut timeline = Vec::new();
+        let mut detection = None;
+        loop {
+            let statuses = self.statuses().await;
+            let t = started.elapsed().as_secs_f64();
+            timeline.push((t, pending(&statuses)));
+            let all: Vec<&NodeStatus> = statuses.iter().flatten().collect();
+            let alive = all.len() == 3
+                && all.iter().all(|s| {
+                    s.members
+                        .iter()
+                        .all(|m| m.state == shoal_client::protocol::MemberState::Alive)
+                });
+            if alive && detection.is_none() {
+                detection = Some(t);
+            }
+            let equal = alive
+                && all.windows(2).all(|w| w[0].data_digest == w[1].data_digest)
+                && all.iter().all(|s| s.hints.iter().all(|h| h.keys == 0));
+            if equal {
+                let seconds = started.elapsed().as_secs_f64();
+                let raw = peer_bytes(self.ns).saturating_sub(bytes0) as f64;
+                return Measured {
+                    seconds,
+                    detection: detection.unwrap_or(seconds),
+                    bytes: (raw - self.idle_rate * seconds).max(0.0),
+                    raw_bytes: raw,
+                    timeline,
+                };
+            }
+            assert!(
+                started.elapsed() < CONVERGE_LIMIT,
+                "not converged within {CONVERGE_LIMIT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn report(&self, name: &str, d: usize, m: &Measured, full_copy: f64) -> Json {
+        let per_key = (self.key("x", 0).len() + self.settings.value_size) as f64;
+        let minimum = d as f64 * (per_key + 16.0);
+        let floor = m.detection + AE_INTERVAL.as_secs_f64() + minimum / self.bandwidth;
+        let result = json!({
+            "run": name,
+            "d": d,
+            "seconds": round(m.seconds),
+            "floor_seconds": round(floor),
+            "time_vs_floor": round(m.seconds / floor),
+            "detection_seconds": round(m.detection),
+            "bytes": m.bytes.round(),
+            "raw_bytes": m.raw_bytes.round(),
+            "minimum_bytes": minimum.round(),
+            "bytes_vs_minimum": round(m.bytes / minimum.max(1.0)),
+            "full_copy_bytes": full_copy.round(),
+            "bytes_vs_full_copy": round(m.bytes / full_copy.max(1.0)),
+        });
+        progress(&result.to_string());
+        let svg = plot(&format!("{name} (d = {d})"), &m.timeline);
+        let path = self.settings.out.join(format!("{name}-{d}.svg"));
+        if let Err(e) = std::fs::write(&path, svg) {
+            progress(&format!("plot not written to {}: {e}", path.display()));
+        }
+        result
+    }
+
+    fn pid(&self, node: &str) -> i32 {
+        self.cluster.pid(node).expect("node runs")
+    }
+
+    fn kill_n3(&self) {
+        let pid = self.pid("n3");
+        send_signal(pid, libc::SIGKILL);
+        wait_until("n3 to die", Duration::from_secs(20), || !alive(pid));
+    }
+}
+
+fn round(x: f64) -> f64 {
+    (x * 100.0).round() / 100.0
+}
+
+fn hints_for_n3(statuses: &[Option<NodeStatus>]) -> f64 {
+    statuses
+        .iter()
+        .flatten()
+        .flat_map(|s| s.hints.iter())
+        .filter(|h| h.target == "n3")
+        .map(|h| h.keys as f64)
+        .sum()
+}
+
+/// An SVG line plot of (seconds, keys) points.
+pub fn plot(title: &str, points: &[(f64, f64)]) -> String {
+    let (w, h, pad) = (640.0, 320.0, 48.0);
+    let max_t = points.iter().map(|p| p.0).fold(0.1, f64::max);
+    let max_k = points.iter().map(|p| p.1).fold(1.0, f64::max);
+    let coords: Vec<String> = points
+        .iter()
+        .map(|(t, k)| {
+            format!(
+                "{:.1},{:.1}",
+                pad + t / max_t * (w - 2.0 * pad),
+                h - pad - k / max_k * (h - 2.0 * pad)
+            )
+        })
+        .collect();
+    format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{pad}" y="20">{title}: keys still to repair over time</text>
+<line x1="{pad}" y1="{y0}" x2="{x1}" y2="{y0}" stroke="black"/>
+<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{y0}" stroke="black"/>
+<text x="{x1}" y="{yl}" text-anchor="end">{max_t:.1} s</text>
+<text x="4" y="{ytop}">{max_k:.0}</text>
+<text x="4" y="{y0}">0</text>
+<polyline fill="none" stroke="steelblue" stroke-width="2" points="{pts}"/>
+</svg>
+"#,
+        y0 = h - pad,
+        x1 = w - pad,
+        yl = h - pad + 16.0,
+        ytop = pad + 4.0,
+        pts = coords.join(" ")
+    )
+}
+
+/// Runs the benchmark; returns the results (also written to `out/results.json`).
+pub fn run(settings: Settings) -> Result<Json, String> {
+    std::fs::create_dir_all(&settings.out)
+        .map_err(|e| format!("{}: {e}", settings.out.display()))?;
+    let ns = Netns::create()?;
+    let cluster = DevCluster::start_in(3, Some(ns.name()));
+    cluster.wait_formed(1, Duration::from_secs(120));
+    let ports: Vec<String> = cluster.ports().iter().map(u16::to_string).collect();
+    let ports = ports.join(",");
+    ns.exec(&[
+        "iptables",
+        "-w",
+        "-A",
+        "OUTPUT",
+        "-p",
+        "udp",
+        "-m",
+        "multiport",
+        "--sports",
+        &ports,
+        "-m",
+        "multiport",
+        "--dports",
+        &ports,
+    ])?;
+    let (ns, cluster) = (std::sync::Arc::new(ns), std::sync::Arc::new(cluster));
+    let (ns2, cluster2) = (ns.clone(), cluster.clone());
+    let thread = ns.spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        runtime.block_on(body(&ns2, &cluster2, &settings))
+    });
+    let results = thread.join().map_err(|_| "benchmark thread panicked")??;
+    Ok(results)
+}
+
+async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<Json, String> {
+    let tls =
+        TlsMaterial::load_client(&cluster.dir().join("tls"), &ClientName::new("dev").unwrap())
+            .map_err(|e| e.to_string())?;
+    let client = Client::builder()
+        .seeds(cluster.seeds())
+        .tls(tls)
+        .config(ClientConfig {
+            timeout: Duration::from_secs(5),
+            ..ClientConfig::default()
+        })
+        .build()
+        .await
+        .map_err(|e| e.to_string())?;
+    let bandwidth = loopback_bandwidth();
+    let mut bench = Bench {
+        ns,
+        cluster,
+        client,
+        settings,
+        idle_rate: 0.0,
+        bandwidth,
+        written: 0,
+    };
+    progress(&format!("loading {} keys", settings.keys));
+    let loaded = bench.put_many("base", settings.keys, 3).await;
+    progress(&format!(
+        "loaded {loaded}; measuring the idle peer traffic for {} s",
+        IDLE_WINDOW.as_secs()
+    ));
+    let b0 = peer_bytes(ns);
+    tokio::time::sleep(IDLE_WINDOW).await;
+    bench.idle_rate = peer_bytes(ns).saturating_sub(b0) as f64 / IDLE_WINDOW.as_secs_f64();
+    let per_key = (bench.key("x", 0).len() + settings.value_size) as f64;
+    let mut runs = Vec::new();
+
+    let n3_port = cluster.ports()[2].to_string();
+    for &d in &settings.d {
+        progress(&format!(
+            "partition run: n3 cut off while {d} keys are written"
+        ));
+        ns.exec(&[
+            "iptables", "-w", "-A", "INPUT", "-p", "udp", "--dport", &n3_port, "-j", "DROP",
+        ])?;
+        ns.exec(&[
+            "iptables", "-w", "-A", "INPUT", "-p", "udp", "--sport", &n3_port, "-j", "DROP",
+        ])?;
+        bench.put_many(&format!("a{d}"), d, 2).await;
+        let full = bench.written as f64 * per_key;
+        let bytes0 = peer_bytes(ns);
+        let started = Instant::now();
+        ns.heal();
+        let m = bench.converge(started, bytes0, hints_for_n3).await;
+        runs.push(bench.report("partition", d, &m, full));
+    }
+
+    progress(&format!(
+        "kill run: n3 dead for {} s under writes",
+        settings.kill_secs
+    ));
+    bench.kill_n3();
+    let written_during = {
+        let until = Instant::now() + Duration::from_secs(settings.kill_secs);
+        let mut n = 0;
+        while Instant::now() < until {
+            n += bench.put_many(&format!("b{n}"), 50, 2).await;
+        }
+        n
+    };
+    let full = bench.written as f64 * per_key;
+    let bytes0 = peer_bytes(ns);
+    let started = Instant::now();
+    let _n3 = cluster.start_node("n3");
+    let m = bench.converge(started, bytes0, hints_for_n3).await;
+    runs.push(bench.report("kill", written_during, &m, full));
+
+    progress("wipe run: n3's data directory deleted");
+    bench.kill_n3();
+    drop(_n3);
+    let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
+    let total = bench.written;
+    let full = total as f64 * per_key;
+    let bytes0 = peer_bytes(ns);
+    let started = Instant::now();
+    let _n3_again = cluster.start_node("n3");
+    let m = bench
+        .converge(started, bytes0, |statuses| {
+            // What n3 lacks: every key, less those anti-entropy restored on it since restart.
+            let restored = statuses
+                .get(2)
+                .and_then(|s| s.as_ref())
+                .map_or(0, |s| s.anti_entropy.keys_repaired);
+            total.saturating_sub(restored as usize) as f64
+        })
+        .await;
+    runs.push(bench.report("wipe", total, &m, full));
+
+    progress("foreground reads: 5 s with anti-entropy running, 5 s paused");
+    let running = read_rate(&bench.client, settings.keys.min(1000)).await;
+    for i in 0..3 {
+        http_post(cluster.admin(i), "/anti-entropy/pause");
+    }
+    let paused = read_rate(&bench.client, settings.keys.min(1000)).await;
+    for i in 0..3 {
+        http_post(cluster.admin(i), "/anti-entropy/resume");
+    }
+    let results = json!({
+        "keys": settings.keys,
+        "value_size": settings.value_size,
+        "loopback_bytes_per_sec": bandwidth.round(),
+        "idle_peer_bytes_per_sec": bench.idle_rate.round(),
+        "runs": runs,
+        "foreground_reads_per_sec": {
+            "anti_entropy_running": round(running),
+            "anti_entropy_paused": round(paused),
+            "loss": round(1.0 - running / paused.max(1e-9)),
+        },
+    });
+    let path = settings.out.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(results)
+}
+
+/// Reads per second over 5 s, 32 at a time, over the first `keys` loaded keys.
+async fn read_rate(client: &Client, keys: usize) -> f64 {
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut done = 0u64;
+    let mut i = 0usize;
+    while started.elapsed() < Duration::from_secs(5) {
+        while tasks.len() < 32 {
+            let client = client.clone();
+            let key = format!("conv-base-{:08}", i % keys.max(1));
+            i += 1;
+            tasks.spawn(async move { client.register(key).r(2).get().await.is_ok() });
+        }
+        if let Some(ok) = tasks.join_next().await {
+            done += u64::from(ok.unwrap_or(false));
+        }
+    }
+    while let Some(ok) = tasks.join_next().await {
+        done += u64::from(ok.unwrap_or(false));
+    }
+    done as f64 / started.elapsed().as_secs_f64()
+}
