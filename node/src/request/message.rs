@@ -103,6 +103,15 @@ pub enum PeerRequest {
         /// Tracing id.
         id: RequestId,
     },
+    /// Anti-entropy: the roots of your trees of these partitions (one request per peer and
+    /// round, so partitions that agree cost 16 bytes each). Answered with
+    /// [`PeerResponse::Hashes`], one per partition, in order.
+    AeRoots {
+        /// Tracing id.
+        id: RequestId,
+        /// Partitions (at most 65536).
+        partitions: Vec<u32>,
+    },
     /// Anti-entropy: the hashes of the children of `nodes` at `level` of your tree of
     /// `partition`. Answered with [`PeerResponse::Hashes`].
     AeHashes {
@@ -158,6 +167,7 @@ impl PeerRequest {
             | PeerRequest::ForwardUpdate { id, .. }
             | PeerRequest::ForwardGet { id, .. }
             | PeerRequest::PullCluster { id }
+            | PeerRequest::AeRoots { id, .. }
             | PeerRequest::AeHashes { id, .. }
             | PeerRequest::AeLeafKeys { id, .. }
             | PeerRequest::AeFetch { id, .. }

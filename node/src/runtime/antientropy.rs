@@ -2,7 +2,8 @@
 //! this node replicates, within a budget, at an adaptive interval.
 //!
 //! - **Rounds.** A round compares every partition this node is a primary of with each other
-//!   live primary of it, one exchange at a time. The first round starts
+//!   live primary of it: one request per peer compares the roots of all the partitions the
+//!   two share, and only partitions whose roots differ get an exchange, one at a time. The first round starts
 //!   [`NodeConfig::ae_min_interval`] after start (so a restarted node repairs at once), and a
 //!   round starts right away when SWIM sees a member come up or recover (a restart, a healed
 //!   partition).
@@ -16,6 +17,7 @@
 //!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], and every RPC uses
 //!   the peer's background budget, so foreground requests keep their share.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -84,25 +86,62 @@ pub(crate) async fn run<T: Transport, S: Store>(
     }
 }
 
-/// One pass over every partition this node is a primary of; returns the keys that differed.
+/// One pass over every partition this node is a primary of; returns the keys that moved.
+///
+/// Per peer, one `AeRoots` request compares the roots of every partition the two share; only
+/// partitions whose roots differ get an [`Exchange`].
 async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut Pacer) -> u64 {
     let view = shared.view();
-    let mut differing = 0;
+    // Per peer, the shared partitions and both positions in their primaries.
+    let mut shared_with: BTreeMap<MemberId, Vec<(u32, usize, usize)>> = BTreeMap::new();
+    let mut incomplete: BTreeSet<u32> = BTreeSet::new();
+    let mut mine_all: Vec<u32> = Vec::new();
     for p in 0..view.ring.partitioner().partitions() {
         let primaries = view.ring.primaries(PartitionId(p));
-        if !primaries.contains(&shared.local) {
+        let Some(mine) = primaries.iter().position(|id| *id == shared.local) else {
             continue;
+        };
+        mine_all.push(p);
+        for (theirs, peer) in primaries.iter().enumerate() {
+            if *peer == shared.local {
+                continue;
+            }
+            if !shared.is_live(peer) || shared.peer(peer).is_none() {
+                incomplete.insert(p);
+                continue;
+            }
+            shared_with
+                .entry(peer.clone())
+                .or_default()
+                .push((p, mine, theirs));
         }
-        let mut complete = true;
-        let position = |id: &MemberId| primaries.iter().position(|p| p == id).unwrap_or(usize::MAX);
-        let mine = position(&shared.local);
-        for peer in primaries {
-            if *peer == shared.local || !shared.is_live(peer) || shared.peer(peer).is_none() {
-                complete &= *peer == shared.local;
+    }
+    let mut moved = 0;
+    for (peer, partitions) in &shared_with {
+        let request = PeerRequest::AeRoots {
+            id: shared.next_request_id(),
+            partitions: partitions.iter().map(|(p, _, _)| *p).collect(),
+        };
+        let timeout = shared.config.background_timeout;
+        let roots = match shared
+            .call(peer, &request, timeout, Class::Background)
+            .await
+        {
+            Ok(PeerResponse::Hashes(roots)) if roots.len() == partitions.len() => roots,
+            other => {
+                tracing::debug!(%peer, error = %describe(other), "anti-entropy roots not compared");
+                incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
+                continue;
+            }
+        };
+        shared
+            .metrics
+            .ae_exchange(4 * partitions.len() as u64, 16 * roots.len() as u64);
+        for (&(p, mine, theirs), theirs_root) in partitions.iter().zip(roots) {
+            if blocking(|| shared.engine.merkle_root(p)) == theirs_root {
                 continue;
             }
             // A key belongs on the first N primaries of its keyspace only.
-            let theirs = position(peer);
             let state = &view.state;
             let belongs = |key: &[u8], at: usize| {
                 keyspace_of(key).is_some_and(|ks| at < super::n_for(&shared.config, state, ks))
@@ -110,20 +149,24 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
             let wanted =
                 |key: &[u8], to_peer: bool| belongs(key, if to_peer { theirs } else { mine });
             let report = exchange(shared, pacer, p, peer, &wanted).await;
-            differing += report.keys_fetched + report.keys_pushed;
-            complete &= report.complete;
+            moved += report.keys_fetched + report.keys_pushed;
+            if !report.complete {
+                incomplete.insert(p);
+            }
             if let Some(error) = &report.error {
                 tracing::debug!(partition = p, %peer, %error, "anti-entropy exchange stopped");
             }
         }
-        if complete {
+    }
+    for p in mine_all {
+        if !incomplete.contains(&p) {
             shared.ae_compared(p);
         }
     }
-    if differing > 0 {
-        tracing::info!(keys = differing, "anti-entropy repaired differing keys");
+    if moved > 0 {
+        tracing::info!(keys = moved, "anti-entropy repaired differing keys");
     }
-    differing
+    moved
 }
 
 /// Runs one exchange of `partition` with `peer` to its end.

@@ -122,6 +122,17 @@ async fn serve<T: Transport, S: Store>(
                     .map_err(to_wire),
             ))
         }
+        PeerRequest::AeRoots { partitions, .. } => {
+            if partitions.len() > 65_536 {
+                return Err(format!("{} partitions asked", partitions.len()));
+            }
+            Ok(PeerResponse::Hashes(blocking(|| {
+                partitions
+                    .iter()
+                    .map(|&p| shared.engine.merkle_root(p))
+                    .collect()
+            })))
+        }
         PeerRequest::AeHashes {
             partition,
             level,
