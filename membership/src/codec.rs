@@ -14,8 +14,8 @@ use crate::message::Packet;
 /// MTU of 1200 bytes minus nothing, since datagram framing is counted by the driver's budget).
 pub const MAX_DATAGRAM: usize = 1200;
 
-/// Version of the frame layout; bumped on any incompatible change.
-pub const FORMAT_VERSION: u8 = 1;
+/// Version of the frame layout; bumped on any incompatible change (2: digest-first push-pull).
+pub const FORMAT_VERSION: u8 = 2;
 
 /// A datagram could not be decoded (or a message could not be encoded). The member table is
 /// unchanged; retrying the same bytes fails the same way.
@@ -76,7 +76,9 @@ pub(crate) fn encode_packet(packet: &Packet, max: usize) -> Result<Vec<u8>, Code
 }
 
 pub(crate) fn decode_packet(bytes: &[u8], max: usize) -> Result<Packet, CodecError> {
-    decode(bytes, max)
+    let packet: Packet = decode(bytes, max)?;
+    packet.check().map_err(CodecError::Malformed)?;
+    Ok(packet)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], max: usize) -> Result<T, CodecError> {

@@ -54,9 +54,10 @@ pub struct SwimConfig {
     /// Members contacted per gossip round. Default 3. Higher cuts the number of rounds
     /// (`log_(fanout+1) n`) to reach everyone.
     pub gossip_fanout: usize,
-    /// Time between two full-state exchanges (push-pull) with one random alive member.
-    /// Default 30 s, scaled up for large clusters. Shorter repairs missed updates sooner and
-    /// costs `O(n)` bytes each time.
+    /// Time between two state exchanges (push-pull) with one random alive member.
+    /// Default 30 s, scaled up for large clusters. Shorter repairs missed updates sooner. The
+    /// exchange is digest first: about `n / 2` bytes each way when the two tables agree (one
+    /// datagram), plus the differing buckets' entries (about 35 bytes per member) when not.
     pub push_pull_interval: Duration,
     /// Time between two contacts of a seed address or a member believed dead, so that the two
     /// halves of a healed partition find each other, and a node that could not join retries.

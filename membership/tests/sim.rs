@@ -91,6 +91,27 @@ fn partition_heals_into_one_view() {
     assert_converged(&sim);
 }
 
+/// Issue 3's healing target with the LAN preset: digest-first push-pull and seed retries merge
+/// a 50/50 split of 100 members within two push-pull intervals.
+#[test]
+fn split_of_100_heals_within_two_push_pull_intervals() {
+    let config = SwimConfig::lan(100);
+    let bound = config.push_pull_interval * 2;
+    let mut sim = cluster(12, 100, config, NetConfig::default());
+    sim.run_for(Duration::from_secs(60));
+    assert_converged(&sim);
+    sim.apply(Fault::Partition(vec![(0..50).collect()]));
+    sim.run_for(Duration::from_secs(60));
+    assert_eq!(live_view(&sim, 0).len(), 50);
+    sim.apply(Fault::Heal);
+    let start = sim.now();
+    let expected = expected_view(&sim);
+    while (0..100).any(|i| live_view(&sim, i) != expected) && sim.now() - start < bound {
+        sim.run_for(Duration::from_secs(1));
+    }
+    assert_converged(&sim);
+}
+
 #[test]
 fn graceful_leave_is_seen_by_all() {
     let mut sim = cluster(5, 10, SwimConfig::for_test(), NetConfig::default());

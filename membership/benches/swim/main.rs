@@ -5,8 +5,14 @@
 //! cargo bench -p shoal-membership --bench swim             # full run (simulated hours)
 //! cargo bench -p shoal-membership --bench swim -- --quick  # 10 simulated minutes per loss run
 //! cargo bench -p shoal-membership --bench swim -- --sizes 10,100
-//! cargo bench -p shoal-membership --bench swim -- --indirect 5   # Shoal with k = 5 ping-reqs
+//! cargo bench -p shoal-membership --bench swim -- --indirect 3   # Shoal with k = 3 ping-reqs
+//! cargo bench -p shoal-membership --bench swim -- --impls lifeguard,foca   # some rows only
+//! cargo bench -p shoal-membership --bench swim -- --heal-wall 900  # longer heal wall budget
 //! ```
+//!
+//! Wall-time budgets keep a run bounded: 150 s per phase of a row, 120 s per convergence
+//! wait, and `--heal-wall` seconds (default 120) for the wait after the partition heals,
+//! which at N = 1000 needs more than 120 s of wall time to simulate.
 //!
 //! Definitions (all times virtual):
 //! - *first suspicion*: from a crash until any member suspects the crashed member;
@@ -41,6 +47,10 @@ struct Opts {
     quick: bool,
     /// Override of Shoal's `indirect_probes` (k).
     indirect: Option<usize>,
+    /// Rows to run: `lifeguard`, `nolifeguard`, `foca`.
+    impls: Vec<String>,
+    /// Wall-time budget of the wait for convergence after the partition heals.
+    heal_wall: Duration,
 }
 
 /// The protocol parameters a row's floor and bounds are computed from.
@@ -150,9 +160,18 @@ fn converged<A: Agent>(sim: &Sim<A>) -> bool {
 /// virtual time and two minutes of wall time (a cluster that never converges can be slow to
 /// simulate).
 fn run_to_convergence<A: Agent>(sim: &mut Sim<A>, step: Duration, limit: Duration) -> Option<f64> {
+    run_to_convergence_within(sim, step, limit, Duration::from_secs(120))
+}
+
+fn run_to_convergence_within<A: Agent>(
+    sim: &mut Sim<A>,
+    step: Duration,
+    limit: Duration,
+    wall_limit: Duration,
+) -> Option<f64> {
     let start = sim.now();
     let wall = Instant::now();
-    while sim.now() - start < limit && wall.elapsed() < Duration::from_secs(120) {
+    while sim.now() - start < limit && wall.elapsed() < wall_limit {
         sim.run_for(step);
         if converged(sim) {
             return Some((sim.now() - start).as_secs_f64());
@@ -349,7 +368,12 @@ fn bench_row<A: Agent>(
     sim.apply(Fault::Partition(vec![(0..n / 2).collect()]));
     sim.run_for(Duration::from_secs(60));
     sim.apply(Fault::Heal);
-    row.heal = run_to_convergence(&mut sim, Duration::from_secs(1), Duration::from_secs(300));
+    row.heal = run_to_convergence_within(
+        &mut sim,
+        Duration::from_secs(1),
+        Duration::from_secs(300),
+        opts.heal_wall,
+    );
     eprintln!("{name} N={n}: {:.1} s wall", wall.elapsed().as_secs_f64());
     row
 }
@@ -421,6 +445,17 @@ fn ring_lookup() {
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!(
+            "swim benchmark: Shoal's SWIM (Lifeguard on and off) against foca 2\n\n\
+             --sizes 10,100,1000      cluster sizes (default 10,100,1000)\n\
+             --quick                  10 simulated minutes per loss run (default 1 h; 10 min at N >= 1000)\n\
+             --indirect K             Shoal's ping-req count k (default: the preset's, 5)\n\
+             --impls a,b              rows: lifeguard, nolifeguard, foca (default all)\n\
+             --heal-wall SECS         wall budget of the post-partition convergence wait (default 120)"
+        );
+        return;
+    }
     let quick = args.iter().any(|a| a == "--quick");
     let sizes = args
         .iter()
@@ -433,8 +468,23 @@ fn main() {
         .position(|a| a == "--indirect")
         .and_then(|i| args.get(i + 1))
         .and_then(|k| k.parse().ok());
+    let impls = args
+        .iter()
+        .position(|a| a == "--impls")
+        .and_then(|i| args.get(i + 1))
+        .map(|s| s.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| vec!["lifeguard".into(), "nolifeguard".into(), "foca".into()]);
+    let heal_wall = args
+        .iter()
+        .position(|a| a == "--heal-wall")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(120));
     let opts = Opts {
         indirect,
+        impls,
+        heal_wall,
         sizes,
         loss_run: Duration::from_secs(if quick { 600 } else { 3600 }),
         quick,
@@ -450,6 +500,14 @@ fn main() {
             ..opts.clone()
         };
         for lifeguard in [true, false] {
+            let key = if lifeguard {
+                "lifeguard"
+            } else {
+                "nolifeguard"
+            };
+            if !opts.impls.iter().any(|i| i == key) {
+                continue;
+            }
             let (params, make) = shoal(lifeguard, n, opts.indirect);
             let name = if lifeguard {
                 "shoal (lifeguard)"
@@ -458,8 +516,10 @@ fn main() {
             };
             rows.push(bench_row(name, n, 42, &loss_opts, &params, &*make));
         }
-        let (params, make) = foca(n);
-        rows.push(bench_row("foca 2", n, 42, &loss_opts, &params, &*make));
+        if opts.impls.iter().any(|i| i == "foca") {
+            let (params, make) = foca(n);
+            rows.push(bench_row("foca 2", n, 42, &loss_opts, &params, &*make));
+        }
     }
     print_table(&rows);
     ring_lookup();

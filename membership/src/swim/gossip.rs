@@ -50,35 +50,55 @@ impl<R: RngCore> Swim<R> {
             return;
         }
         let (addr, id) = candidates.swap_remove(self.rng.random_range(0..candidates.len()));
-        self.send_state(addr, id, true);
+        self.send_digest(addr, id);
     }
 
     /// Sends our whole member table, split into as many datagrams as needed; only the first
     /// asks for a reply.
     pub(super) fn send_state(&mut self, to: SocketAddr, to_id: Option<NodeId>, reply: bool) {
-        let mut records = vec![self.self_update()];
-        records.extend(self.members.values().map(|r| {
-            let (id, incarnation) = (r.member.id.clone(), r.member.incarnation);
-            let accuser = self.me.id.clone();
-            match r.member.state {
-                MemberState::Alive => Update::Alive {
-                    id,
-                    incarnation,
-                    meta: r.member.meta.clone(),
-                },
-                MemberState::Suspect => Update::Suspect {
-                    id,
-                    incarnation,
-                    accuser,
-                },
-                MemberState::Dead => Update::Dead {
-                    id,
-                    incarnation,
-                    accuser,
-                },
-                MemberState::Left => Update::Left { id, incarnation },
-            }
-        }));
+        self.send_entries(to, to_id, reply, |_| true);
+    }
+
+    /// Sends the entries of our member table (ourselves included) whose id passes `filter`,
+    /// split into as many datagrams as needed; only the first asks for a reply.
+    pub(super) fn send_entries(
+        &mut self,
+        to: SocketAddr,
+        to_id: Option<NodeId>,
+        reply: bool,
+        filter: impl Fn(&NodeId) -> bool,
+    ) {
+        let mut records = Vec::new();
+        if filter(&self.me.id) {
+            records.push(self.self_update());
+        }
+        records.extend(
+            self.members
+                .values()
+                .filter(|r| filter(&r.member.id))
+                .map(|r| {
+                    let (id, incarnation) = (r.member.id.clone(), r.member.incarnation);
+                    let accuser = self.me.id.clone();
+                    match r.member.state {
+                        MemberState::Alive => Update::Alive {
+                            id,
+                            incarnation,
+                            meta: r.member.meta.clone(),
+                        },
+                        MemberState::Suspect => Update::Suspect {
+                            id,
+                            incarnation,
+                            accuser,
+                        },
+                        MemberState::Dead => Update::Dead {
+                            id,
+                            incarnation,
+                            accuser,
+                        },
+                        MemberState::Left => Update::Left { id, incarnation },
+                    }
+                }),
+        );
         let mut reply = reply;
         let mut records = records.into_iter().peekable();
         while records.peek().is_some() {

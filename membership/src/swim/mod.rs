@@ -1,6 +1,9 @@
 //! SWIM + Lifeguard failure detection and membership, as a state machine without I/O.
 
 mod broadcast;
+mod digest;
+#[cfg(test)]
+mod digest_tests;
 mod gossip;
 mod member;
 mod probe;
@@ -90,6 +93,7 @@ pub enum Effect {
 enum TimerKind {
     Probe,
     ProbeTimeout { seq: u64 },
+    ConfirmEnd { seq: u64 },
     Relay { seq: u64 },
     Suspicion { id: NodeId },
     Gossip,
@@ -158,9 +162,11 @@ struct Relay {
 /// with its ack or, with Lifeguard, a nack. Without any ack by the end of the period it
 /// becomes suspect; a suspect that does not refute (by raising its incarnation) within the
 /// suspicion timeout is declared dead. Updates ride on every message and on gossip rounds;
-/// full state is exchanged with a random member every `push_pull_interval`, and seeds and
-/// dead members are contacted every `seed_retry_interval`, so partitioned halves merge once
-/// the network heals.
+/// state is exchanged (push-pull) with a random member every `push_pull_interval`, and seeds
+/// and dead members are contacted every `seed_retry_interval`, so partitioned halves merge
+/// once the network heals. Push-pull is digest first (see `digest.rs`): the two sides compare
+/// per-bucket hashes of their tables and send each other only the buckets that differ; a
+/// member that knows no one else (joining) sends its table in full and gets the peer's back.
 ///
 /// Claims about a member follow SWIM's order: a higher incarnation wins; at equal
 /// incarnation left and dead beat suspect, which beats alive. Only the member itself raises
@@ -171,7 +177,11 @@ struct Relay {
 /// Lifeguard: the local health score rises on missed nacks, on refuting a suspicion about
 /// ourselves and on timers handled late (a stall), and falls on each acked probe. After a
 /// stall, probes in flight are dropped and suspicion timeouts get one more probe interval,
-/// because the answers are probably still unread.
+/// because the answers are probably still unread. A member that hears another's suspicion
+/// probes the suspect at once (a confirmation probe, see `probe.rs`; in large clusters only a
+/// few hearers do), so the independent confirmations that shorten the suspicion timeout
+/// arrive within a probe interval instead of whenever the round-robin order reaches the
+/// suspect.
 pub struct Swim<R> {
     config: SwimConfig,
     rng: R,
@@ -182,6 +192,8 @@ pub struct Swim<R> {
     probe_order: Vec<NodeId>,
     probe_index: usize,
     probe: Option<Probe>,
+    /// Lifeguard confirmation probes of members others suspect, by sequence number.
+    confirms: BTreeMap<u64, Probe>,
     relays: BTreeMap<u64, Relay>,
     /// Live timers: token → what and when it was due.
     timers: BTreeMap<u64, (TimerKind, Duration)>,
@@ -220,6 +232,7 @@ impl<R: RngCore> Swim<R> {
             probe_order: Vec::new(),
             probe_index: 0,
             probe: None,
+            confirms: BTreeMap::new(),
             relays: BTreeMap::new(),
             timers: BTreeMap::new(),
             next_token: 0,
@@ -292,7 +305,8 @@ impl<R: RngCore> Swim<R> {
         self.effects.pop_front()
     }
 
-    /// Contacts `seeds` (addresses of any members) with a full-state exchange, and keeps
+    /// Contacts `seeds` (addresses of any members) with a state exchange (in full while this
+    /// member knows no one else, digest first otherwise), and keeps
     /// retrying them every `seed_retry_interval` while this member knows no one else; later,
     /// seeds are among the addresses retried to heal partitions. Calling it again replaces the
     /// seed list.
@@ -305,10 +319,14 @@ impl<R: RngCore> Swim<R> {
             .into_iter()
             .collect();
         for seed in self.seeds.clone() {
-            self.send_state(seed, None, true);
+            if self.live <= 1 {
+                self.send_state(seed, None, true);
+            } else {
+                self.send_digest(seed, None);
+            }
         }
         // Our own alive claim rides on our first probes and gossip too, so members the seeds'
-        // gossip misses still learn about us before the next full-state exchange.
+        // gossip misses still learn about us before the next state exchange.
         self.broadcast_self();
     }
 
@@ -396,9 +414,8 @@ impl<R: RngCore> Swim<R> {
                 );
             }
             Body::Ack { seq } => {
-                if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
-                    if !probe.acked {
-                        probe.acked = true;
+                if let Some(probe) = self.probe_mut(seq) {
+                    if !std::mem::replace(&mut probe.acked, true) {
                         self.health = self.health.saturating_sub(1);
                     }
                 } else if let Some(relay) = self.relays.remove(&seq) {
@@ -412,7 +429,7 @@ impl<R: RngCore> Swim<R> {
                 }
             }
             Body::Nack { seq } => {
-                if let Some(probe) = self.probe.as_mut().filter(|p| p.seq == seq) {
+                if let Some(probe) = self.probe_mut(seq) {
                     probe.nacks += 1;
                 }
             }
@@ -422,6 +439,8 @@ impl<R: RngCore> Swim<R> {
                     self.send_state(from, Some(sender), false);
                 }
             }
+            Body::Digest(digest) => self.handle_digest(from, sender, &digest),
+            Body::Want(want) => self.handle_want(from, sender, &want),
         }
         Ok(())
     }
@@ -445,8 +464,18 @@ impl<R: RngCore> Swim<R> {
                 }
                 self.probe_round(now)
             }
-            TimerKind::ProbeTimeout { .. } if stalled => self.probe = None,
+            TimerKind::ProbeTimeout { seq } if stalled => {
+                self.probe = self.probe.take().filter(|p| p.seq != seq);
+                self.confirms.remove(&seq);
+            }
             TimerKind::ProbeTimeout { seq } => self.indirect_probe(seq),
+            TimerKind::ConfirmEnd { seq } => {
+                if let Some(probe) = self.confirms.remove(&seq)
+                    && !stalled
+                {
+                    self.confirm_ended(probe, now);
+                }
+            }
             TimerKind::Suspicion { id } if stalled => {
                 let at = now + self.config.probe_interval;
                 let token = self.arm(TimerKind::Suspicion { id: id.clone() }, at);
@@ -475,7 +504,7 @@ impl<R: RngCore> Swim<R> {
                     && let Some(id) = self.random_live(1, None).pop()
                 {
                     let addr = self.members[&id].member.meta.addr;
-                    self.send_state(addr, Some(id), true);
+                    self.send_digest(addr, Some(id));
                 }
                 let at = now + self.config.push_pull_interval;
                 self.arm(TimerKind::PushPull, at);

@@ -40,8 +40,16 @@ impl<R: RngCore> Swim<R> {
         self.arm(TimerKind::ProbeTimeout { seq }, at);
     }
 
+    /// The probe in flight with sequence number `seq`: this period's, or a confirmation.
+    pub(super) fn probe_mut(&mut self, seq: u64) -> Option<&mut Probe> {
+        match self.probe.as_mut().filter(|p| p.seq == seq) {
+            Some(p) => Some(p),
+            None => self.confirms.get_mut(&seq),
+        }
+    }
+
     pub(super) fn indirect_probe(&mut self, seq: u64) {
-        let Some(probe) = self.probe.as_ref().filter(|p| p.seq == seq && !p.acked) else {
+        let Some(probe) = self.probe_mut(seq).filter(|p| !p.acked) else {
             return;
         };
         let target = probe.target.clone();
@@ -76,17 +84,17 @@ impl<R: RngCore> Swim<R> {
                 None,
             );
         }
-        if let Some(probe) = self.probe.as_mut()
+        if let Some(probe) = self.probe_mut(seq)
             && nack
         {
             probe.expected_nacks = helpers.len() as u32;
         }
     }
 
-    pub(super) fn probe_failed(&mut self, probe: Probe, now: Duration) {
+    /// Lifeguard: missing nacks mean our own messages are not getting through: we are the
+    /// unhealthy one, so slow down before accusing others.
+    fn count_missed_nacks(&mut self, probe: &Probe) {
         if self.config.lifeguard {
-            // Missing nacks mean our own messages are not getting through: we are the
-            // unhealthy one, so slow down before accusing others.
             let delta = if probe.expected_nacks > 0 {
                 probe.expected_nacks.saturating_sub(probe.nacks)
             } else {
@@ -94,6 +102,10 @@ impl<R: RngCore> Swim<R> {
             };
             self.health = (self.health + delta).min(self.config.max_health);
         }
+    }
+
+    pub(super) fn probe_failed(&mut self, probe: Probe, now: Duration) {
+        self.count_missed_nacks(&probe);
         if let Some(r) = self.members.get(&probe.target)
             && r.member.state.is_live()
         {
@@ -181,5 +193,82 @@ impl<R: RngCore> Swim<R> {
             incarnation: r.member.incarnation,
             accuser: self.me.id.clone(),
         })
+    }
+}
+
+/// Confirmation probes (Lifeguard): a member that hears that another suspects `id` probes it
+/// at once instead of waiting for its turn in the round-robin order.
+///
+/// Lifeguard shortens a suspicion from its maximum to its minimum as independent accusers
+/// confirm it, but with round-robin probing the next member to probe the suspect comes on
+/// average one probe interval later and, in a small cluster, often several: at N = 10 the
+/// `α − 2 = 2` confirmations Lifeguard waits for took up to 6.5 s instead of the 4 s minimum.
+/// Probing at once brings them within one probe interval at any cluster size, and, since the
+/// ping carries the suspicion (buddy system), lets a healthy suspect refute sooner.
+///
+/// Each hearer probes with probability `min(1, 2 (k + 1) / (n − 2))` (k the confirmations
+/// Lifeguard expects, n the live members), so about `2 (k + 1)` members probe a suspect in a
+/// large cluster instead of all of them. A confirmation probe is a full probe (direct ping,
+/// then ping-req through `indirect_probes` members with nacks), so under loss it accuses no
+/// more readily than a round-robin probe; it never starts a suspicion, it only confirms the
+/// one it was sent for.
+impl<R: RngCore> Swim<R> {
+    pub(super) fn maybe_confirm(&mut self, target: &NodeId, k: u32, now: Duration) {
+        if !self.config.lifeguard
+            || self.me.state == MemberState::Left
+            || self.probe.as_ref().is_some_and(|p| p.target == *target)
+            || self.confirms.values().any(|p| p.target == *target)
+        {
+            return;
+        }
+        let others = self.live.saturating_sub(2).max(1) as f64;
+        let p = (2.0 * (k as f64 + 1.0) / others).min(1.0);
+        if self.rng.random::<f64>() >= p {
+            return;
+        }
+        let Some(addr) = self.members.get(target).map(|r| r.member.meta.addr) else {
+            return;
+        };
+        let seq = self.next_seq();
+        let buddy = self.buddy_update(target);
+        self.send(
+            addr,
+            Some(target.clone()),
+            Body::Ping {
+                seq,
+                target: target.clone(),
+            },
+            buddy,
+        );
+        self.confirms.insert(
+            seq,
+            Probe {
+                seq,
+                target: target.clone(),
+                acked: false,
+                expected_nacks: 0,
+                nacks: 0,
+            },
+        );
+        let at = now + self.scaled(self.config.probe_timeout);
+        self.arm(TimerKind::ProbeTimeout { seq }, at);
+        let at = now + self.scaled(self.config.probe_interval);
+        self.arm(TimerKind::ConfirmEnd { seq }, at);
+    }
+
+    /// A confirmation probe's period ended: without an ack, confirm the suspicion if it still
+    /// stands (a refutation meanwhile means the suspect lives, whatever this probe saw).
+    pub(super) fn confirm_ended(&mut self, probe: Probe, now: Duration) {
+        if probe.acked {
+            return;
+        }
+        self.count_missed_nacks(&probe);
+        if let Some(r) = self.members.get(&probe.target)
+            && r.member.state == MemberState::Suspect
+        {
+            let incarnation = r.member.incarnation;
+            let me = self.me.id.clone();
+            self.on_suspect(probe.target, incarnation, me, now);
+        }
     }
 }

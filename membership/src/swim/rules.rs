@@ -187,12 +187,16 @@ impl<R: RngCore> Swim<R> {
             token,
         });
         let member = r.member.clone();
+        let heard = accuser != self.me.id;
         self.broadcasts.push(Update::Suspect {
-            id,
+            id: id.clone(),
             incarnation,
             accuser,
         });
         self.emit(Event::Suspect(member));
+        if heard {
+            self.maybe_confirm(&id, k, now);
+        }
     }
 
     pub(super) fn suspicion_expired(&mut self, id: &NodeId, now: Duration) {

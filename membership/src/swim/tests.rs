@@ -9,24 +9,24 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::codec::{self, MAX_DATAGRAM};
 
-fn id(name: &str) -> NodeId {
+pub(super) fn id(name: &str) -> NodeId {
     NodeId::new(name).unwrap()
 }
 
-fn addr(i: u8) -> SocketAddr {
+pub(super) fn addr(i: u8) -> SocketAddr {
     SocketAddr::from(([10, 0, 0, i], 7000))
 }
 
-fn meta(i: u8) -> MemberMeta {
+pub(super) fn meta(i: u8) -> MemberMeta {
     MemberMeta::new(addr(i))
 }
 
-fn secs(s: u64) -> Duration {
+pub(super) fn secs(s: u64) -> Duration {
     Duration::from_secs(s)
 }
 
 /// Member `i` is named `n<i>` and listens on `10.0.0.<i>`.
-fn node(i: u8, config: SwimConfig) -> Swim<ChaCha8Rng> {
+pub(super) fn node(i: u8, config: SwimConfig) -> Swim<ChaCha8Rng> {
     let mut s = Swim::new(
         id(&format!("n{i}")),
         meta(i),
@@ -38,11 +38,11 @@ fn node(i: u8, config: SwimConfig) -> Swim<ChaCha8Rng> {
     s
 }
 
-fn drain(s: &mut Swim<ChaCha8Rng>) -> Vec<Effect> {
+pub(super) fn drain(s: &mut Swim<ChaCha8Rng>) -> Vec<Effect> {
     std::iter::from_fn(|| s.poll_effect()).collect()
 }
 
-fn events(effects: &[Effect]) -> Vec<Event> {
+pub(super) fn events(effects: &[Effect]) -> Vec<Event> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -52,7 +52,7 @@ fn events(effects: &[Effect]) -> Vec<Event> {
         .collect()
 }
 
-fn sent(effects: &[Effect]) -> Vec<(SocketAddr, Packet)> {
+pub(super) fn sent(effects: &[Effect]) -> Vec<(SocketAddr, Packet)> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -68,7 +68,7 @@ fn sent(effects: &[Effect]) -> Vec<(SocketAddr, Packet)> {
         .collect()
 }
 
-fn timers(effects: &[Effect]) -> Vec<(Timer, Duration)> {
+pub(super) fn timers(effects: &[Effect]) -> Vec<(Timer, Duration)> {
     effects
         .iter()
         .filter_map(|e| match e {
@@ -78,7 +78,7 @@ fn timers(effects: &[Effect]) -> Vec<(Timer, Duration)> {
         .collect()
 }
 
-fn deliver(
+pub(super) fn deliver(
     s: &mut Swim<ChaCha8Rng>,
     from: u8,
     body: Body,
@@ -95,7 +95,7 @@ fn deliver(
     drain(s)
 }
 
-fn alive(i: u8, incarnation: u64) -> Update {
+pub(super) fn alive(i: u8, incarnation: u64) -> Update {
     Update::Alive {
         id: id(&format!("n{i}")),
         incarnation,
@@ -103,7 +103,7 @@ fn alive(i: u8, incarnation: u64) -> Update {
     }
 }
 
-fn suspect(i: u8, incarnation: u64, accuser: u8) -> Update {
+pub(super) fn suspect(i: u8, incarnation: u64, accuser: u8) -> Update {
     Update::Suspect {
         id: id(&format!("n{i}")),
         incarnation,
@@ -111,7 +111,7 @@ fn suspect(i: u8, incarnation: u64, accuser: u8) -> Update {
     }
 }
 
-fn dead(i: u8, incarnation: u64, accuser: u8) -> Update {
+pub(super) fn dead(i: u8, incarnation: u64, accuser: u8) -> Update {
     Update::Dead {
         id: id(&format!("n{i}")),
         incarnation,
@@ -120,20 +120,20 @@ fn dead(i: u8, incarnation: u64, accuser: u8) -> Update {
 }
 
 /// Node 1 knowing nodes 2..=n as alive at incarnation 0.
-fn node_knowing(n: u8, config: SwimConfig) -> Swim<ChaCha8Rng> {
+pub(super) fn node_knowing(n: u8, config: SwimConfig) -> Swim<ChaCha8Rng> {
     let mut s = node(1, config);
     let updates = (2..=n).map(|i| alive(i, 0)).collect();
     deliver(&mut s, 2, Body::Gossip, updates, Duration::ZERO);
     s
 }
 
-fn state_of(s: &Swim<ChaCha8Rng>, i: u8) -> Option<(MemberState, u64)> {
+pub(super) fn state_of(s: &Swim<ChaCha8Rng>, i: u8) -> Option<(MemberState, u64)> {
     s.member(&id(&format!("n{i}")))
         .map(|m| (m.state, m.incarnation))
 }
 
 /// Fires timers in time order until `until`, returning everything produced.
-fn run_timers(
+pub(super) fn run_timers(
     s: &mut Swim<ChaCha8Rng>,
     pending: &mut Vec<(Timer, Duration)>,
     until: Duration,
