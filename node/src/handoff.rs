@@ -21,7 +21,8 @@ pub enum HandoffEffect {
         /// Page size.
         limit: usize,
     },
-    /// Send `hint` to the target ([`PeerRequest::DeliverHint`](crate::request::PeerRequest)),
+    /// Send `hint` to the target (the driver sends the `Deliver`s of one poll together, as
+    /// one [`PeerRequest::DeliverHints`](crate::request::PeerRequest)),
     /// then call [`handle_delivered`](HandoffSession::handle_delivered) or
     /// [`handle_failed`](HandoffSession::handle_failed).
     Deliver {

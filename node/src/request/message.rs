@@ -27,6 +27,9 @@ impl fmt::Display for RequestId {
     }
 }
 
+/// Most hints one [`PeerRequest::DeliverHints`] carries.
+pub const MAX_HINTS_PER_BATCH: usize = 256;
+
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
@@ -55,17 +58,15 @@ pub enum PeerRequest {
         /// The storage key.
         key: Vec<u8>,
     },
-    /// A hint delivered to the primary it was held for: merge, then answer
-    /// [`PeerResponse::Stored`]; the sender deletes its hint only after that answer.
-    DeliverHint {
+    /// Hints delivered to the primary they were held for, in one batch: merge them all in one
+    /// durable write, then answer [`PeerResponse::Stored`]; the sender deletes its hints only
+    /// after that answer. A batch any of whose records does not merge is refused whole (the
+    /// sender keeps every hint of it).
+    DeliverHints {
         /// Tracing id.
         id: RequestId,
-        /// The key's partition.
-        partition: u32,
-        /// The storage key.
-        key: Vec<u8>,
-        /// Record bytes of the hint.
-        record: Vec<u8>,
+        /// `(partition, storage key, record bytes)`, at most [`MAX_HINTS_PER_BATCH`].
+        hints: Vec<(u32, Vec<u8>, Vec<u8>)>,
     },
     /// Coordinate an update for a node that does not replicate the key. Answered with
     /// [`PeerResponse::Updated`].
@@ -163,7 +164,7 @@ impl PeerRequest {
         match self {
             PeerRequest::Replicate { id, .. }
             | PeerRequest::Read { id, .. }
-            | PeerRequest::DeliverHint { id, .. }
+            | PeerRequest::DeliverHints { id, .. }
             | PeerRequest::ForwardUpdate { id, .. }
             | PeerRequest::ForwardGet { id, .. }
             | PeerRequest::PullCluster { id }

@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use super::shared::{Class, Shared, blocking};
 use crate::handoff::{HandoffEffect, HandoffSession};
-use crate::request::message::PeerRequest;
+use crate::request::message::{MAX_HINTS_PER_BATCH, PeerRequest};
 use crate::transport::Transport;
 
 /// A delivery's answer: target, partition, key, acknowledged.
@@ -92,6 +92,8 @@ fn pump<T: Transport, S: Store>(
     let Some(session) = sessions.get_mut(target) else {
         return;
     };
+    // Hints to send, delivered in one batch (one RPC, one durable write at the target).
+    let mut batch: Vec<shoal_storage::Hint> = Vec::new();
     while let Some(effect) = session.poll_effect() {
         match effect {
             HandoffEffect::Fetch { after, limit } => {
@@ -103,23 +105,7 @@ fn pump<T: Transport, S: Store>(
                     });
                 session.handle_page(page);
             }
-            HandoffEffect::Deliver { hint } => {
-                let request = PeerRequest::DeliverHint {
-                    id: shared.next_request_id(),
-                    partition: hint.partition,
-                    key: hint.key.clone(),
-                    record: hint.record.as_bytes().to_vec(),
-                };
-                let (shared2, tx, target) = (shared.clone(), tx.clone(), target.clone());
-                shared.spawn(async move {
-                    let timeout = shared2.config.background_timeout;
-                    let ok = shared2
-                        .call(&target, &request, timeout, Class::Background)
-                        .await
-                        .is_ok_and(|r| matches!(r, crate::request::PeerResponse::Stored));
-                    let _ = tx.send((target, hint.partition, hint.key, ok));
-                });
-            }
+            HandoffEffect::Deliver { hint } => batch.push(hint),
             HandoffEffect::Remove {
                 partition,
                 key,
@@ -135,6 +121,28 @@ fn pump<T: Transport, S: Store>(
                 }
             }
         }
+    }
+    for chunk in batch.chunks(MAX_HINTS_PER_BATCH) {
+        let request = PeerRequest::DeliverHints {
+            id: shared.next_request_id(),
+            hints: chunk
+                .iter()
+                .map(|h| (h.partition, h.key.clone(), h.record.as_bytes().to_vec()))
+                .collect(),
+        };
+        let keys: Vec<(u32, Vec<u8>)> =
+            chunk.iter().map(|h| (h.partition, h.key.clone())).collect();
+        let (shared2, tx, target) = (shared.clone(), tx.clone(), target.clone());
+        shared.spawn(async move {
+            let timeout = shared2.config.background_timeout;
+            let ok = shared2
+                .call(&target, &request, timeout, Class::Background)
+                .await
+                .is_ok_and(|r| matches!(r, crate::request::PeerResponse::Stored));
+            for (partition, key) in keys {
+                let _ = tx.send((target.clone(), partition, key, ok));
+            }
+        });
     }
     if session.is_finished() {
         tracing::debug!(%target, delivered = session.delivered(), failed = session.failed(), "handoff pass done");

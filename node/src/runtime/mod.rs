@@ -121,7 +121,7 @@ pub struct NodeConfig {
     pub handoff_interval: Duration,
     /// Hints read per page. Default 64.
     pub handoff_page: usize,
-    /// Hint deliveries in flight per target. Default 8.
+    /// Hint deliveries in flight per target. Default 64 (sent in batches, one RPC per batch).
     pub handoff_in_flight: usize,
     /// Deadline of one hint delivery, read-repair or anti-entropy RPC. Default 5 s.
     pub background_timeout: Duration,
@@ -157,7 +157,7 @@ impl NodeConfig {
             max_serving: 1024,
             handoff_interval: Duration::from_secs(10),
             handoff_page: 64,
-            handoff_in_flight: 8,
+            handoff_in_flight: 64,
             background_timeout: Duration::from_secs(5),
             anti_entropy: true,
             ae_min_interval: Duration::from_secs(2),

@@ -91,15 +91,22 @@ async fn serve<T: Transport, S: Store>(
                 Ok(())
             })
             .map(|()| PeerResponse::Stored),
-        PeerRequest::DeliverHint {
-            partition,
-            key,
-            record,
-            ..
-        } => record_from_wire(record)
-            .map_err(|e| e.to_string())
-            .and_then(|record| store_replica(&shared.engine, partition, &key, &record, None))
-            .map(|()| PeerResponse::Stored),
+        PeerRequest::DeliverHints { hints, .. } => {
+            if hints.len() > message::MAX_HINTS_PER_BATCH {
+                return Err(format!("{} hints in one batch", hints.len()));
+            }
+            let items = hints
+                .into_iter()
+                .map(|(partition, key, bytes)| Ok((partition, key, record_from_wire(bytes)?)))
+                .collect::<Result<Vec<_>, crate::codec::CodecError>>()
+                .map_err(|e| e.to_string())?;
+            let results =
+                blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
+            match results.into_iter().find_map(Result::err) {
+                Some(e) => Err(format!("a hint did not merge: {e}")),
+                None => Ok(PeerResponse::Stored),
+            }
+        }
         PeerRequest::Read { partition, key, .. } => {
             blocking(|| shared.engine.get_record(partition, &key))
                 .map(|r| PeerResponse::Record(r.map(|r| r.as_bytes().to_vec())))
