@@ -280,11 +280,7 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
         addr: me.addr,
         ring_version: view.version,
         members,
-        keyspaces: view
-            .state
-            .keyspaces()
-            .map(|(name, n)| (name.to_owned(), n as u32))
-            .collect(),
+        keyspaces: keyspaces(&view.state),
         default_n: node.config().default_n as u32,
         hints,
         in_flight: node.in_flight() as u32,
@@ -302,28 +298,16 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
 }
 
 fn anti_entropy_status<T: Transport, S: Store>(node: &Node<T, S>) -> AntiEntropyStatus {
-    let view = node.cluster();
-    let me = MemberId::new(node.id().id.as_str()).ok();
-    let mine: Vec<u32> = (0..view.ring.partitioner().partitions())
-        .filter(|&p| {
-            me.as_ref()
-                .is_some_and(|me| view.ring.primaries(PartitionId(p)).contains(me))
-        })
-        .collect();
-    let ages = node.ae_ages();
+    let coverage = node.ae_coverage();
     let metrics = node.metrics();
     AntiEntropyStatus {
         exchanges: metrics.ae_exchanges,
         keys_repaired: metrics.ae_keys_repaired,
         bytes_sent: metrics.ae_bytes_sent,
         bytes_received: metrics.ae_bytes_received,
-        partitions: mine.len() as u32,
-        never_compared: mine.iter().filter(|p| !ages.contains_key(p)).count() as u32,
-        oldest_compare_ms: mine
-            .iter()
-            .filter_map(|p| ages.get(p))
-            .max()
-            .map(|a| a.as_millis() as u64),
+        partitions: coverage.partitions,
+        never_compared: coverage.never_compared,
+        oldest_compare_ms: coverage.oldest.map(|a| a.as_millis() as u64),
     }
 }
 
@@ -405,11 +389,15 @@ pub fn ring_info<T: Transport, S: Store>(node: &Node<T, S>) -> RingInfo {
         nodes,
         preference_lists,
         primaries,
-        keyspaces: view
-            .state
-            .keyspaces()
-            .map(|(name, n)| (name.to_owned(), n as u32))
-            .collect(),
+        keyspaces: keyspaces(&view.state),
         default_n: node.config().default_n as u32,
     }
+}
+
+/// Created keyspaces and their N, as the client protocol carries them.
+fn keyspaces(state: &crate::cluster::ClusterState) -> Vec<(String, u32)> {
+    state
+        .keyspaces()
+        .map(|(name, n)| (name.to_owned(), n as u32))
+        .collect()
 }

@@ -22,7 +22,8 @@ fn add(member: &str) -> Update {
     Update::Set(SetOp::Add(vec![member.as_bytes().to_vec()]))
 }
 
-async fn write_keys(cluster: &Cluster) {
+/// Adds `{tag}{i}` to every key `i`, coordinated by its first live primary.
+async fn write_keys(cluster: &Cluster, tag: &str) {
     for i in 0..KEYS {
         let (_, primaries) = cluster.primaries(&key(i));
         let coordinator = primaries
@@ -31,7 +32,7 @@ async fn write_keys(cluster: &Cluster) {
             .expect("a live primary");
         cluster
             .node(coordinator)
-            .update(KEYSPACE, &key(i), add(&format!("m{i}")), 2, TIMEOUT)
+            .update(KEYSPACE, &key(i), add(&format!("{tag}{i}")), 2, TIMEOUT)
             .await
             .unwrap();
     }
@@ -55,7 +56,7 @@ fn healed(cluster: &Cluster) -> bool {
 #[tokio::test(start_paused = true)]
 async fn a_wiped_replica_is_refilled_by_anti_entropy() {
     let mut cluster = Cluster::new(21);
-    write_keys(&cluster).await;
+    write_keys(&cluster, "m").await;
     cluster.settle().await;
     assert!(healed(&cluster));
 
@@ -76,12 +77,12 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
 #[tokio::test(start_paused = true)]
 async fn updates_nobody_hinted_reach_every_replica() {
     let mut cluster = Cluster::new(22);
-    write_keys(&cluster).await;
+    write_keys(&cluster, "m").await;
     cluster.settle().await;
     // Remove every hint n3 is owed, as if they were lost: only anti-entropy can repair it.
     let behind = 3;
     cluster.crash(behind);
-    write_keys_as(&cluster, "late").await;
+    write_keys(&cluster, "late").await;
     for i in (0..NODES).filter(|&i| i != behind) {
         let engine = &cluster.engines[i];
         let id = cluster.peer(behind).id.as_str().to_owned();
@@ -101,21 +102,6 @@ async fn updates_nobody_hinted_reach_every_replica() {
         })
     })
     .await;
-}
-
-async fn write_keys_as(cluster: &Cluster, tag: &str) {
-    for i in 0..KEYS {
-        let (_, primaries) = cluster.primaries(&key(i));
-        let coordinator = primaries
-            .into_iter()
-            .find(|&p| cluster.nodes[p].is_some())
-            .expect("a live primary");
-        cluster
-            .node(coordinator)
-            .update(KEYSPACE, &key(i), add(&format!("{tag}{i}")), 2, TIMEOUT)
-            .await
-            .unwrap();
-    }
 }
 
 #[tokio::test(start_paused = true)]

@@ -425,17 +425,21 @@ pub fn final_reads(cluster: &DevCluster, workload: Workload, keys: usize) -> Vec
         .collect()
 }
 
+fn check_consistent(read: &FinalRead, problems: &mut Vec<String>) {
+    if !read.consistent {
+        problems.push(format!(
+            "key {}: replicas differ: {:?}",
+            read.key, read.replicas
+        ));
+    }
+}
+
 /// Checks a set-adds history against the final reads: every replica equal, no acknowledged
 /// add lost, no element that was never added or whose add failed. Returns every violation found.
 pub fn check_sets(history: &History, reads: &[FinalRead]) -> Vec<String> {
     let mut problems = Vec::new();
     for read in reads {
-        if !read.consistent {
-            problems.push(format!(
-                "key {}: replicas differ: {:?}",
-                read.key, read.replicas
-            ));
-        }
+        check_consistent(read, &mut problems);
         // A failed add took effect nowhere, so only acknowledged and unknown ones may show.
         let attempted: BTreeSet<&str> = history
             .ops
@@ -480,12 +484,7 @@ pub fn check_sets(history: &History, reads: &[FinalRead]) -> Vec<String> {
 pub fn check_counters(history: &History, reads: &[FinalRead]) -> Vec<String> {
     let mut problems = Vec::new();
     for read in reads {
-        if !read.consistent {
-            problems.push(format!(
-                "key {}: replicas differ: {:?}",
-                read.key, read.replicas
-            ));
-        }
+        check_consistent(read, &mut problems);
         let sum = |result| {
             history
                 .ops

@@ -225,6 +225,17 @@ impl From<String> for KeyspaceChangeError {
     }
 }
 
+/// Anti-entropy coverage of the partitions a node is a primary of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AeCoverage {
+    /// Partitions the node is a primary of.
+    pub partitions: u32,
+    /// Of those, partitions not fully compared since the node started.
+    pub never_compared: u32,
+    /// The longest time since a partition was last fully compared.
+    pub oldest: Option<Duration>,
+}
+
 /// One member as SWIM reports it to this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberStatus {
@@ -413,10 +424,9 @@ impl<T: Transport, S: Store> Node<T, S> {
         Ok(version.unwrap_or_else(|| self.shared.view().version))
     }
 
-    /// Per partition this node fully compared with its other live primaries, the time since
-    /// it last did.
-    pub fn ae_ages(&self) -> std::collections::HashMap<u32, Duration> {
-        self.shared.ae_ages()
+    /// How well anti-entropy covers the partitions this node is a primary of.
+    pub fn ae_coverage(&self) -> AeCoverage {
+        self.shared.ae_coverage()
     }
 
     /// Pauses (`true`) or resumes anti-entropy rounds; a round in progress finishes.

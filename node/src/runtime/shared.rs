@@ -376,6 +376,14 @@ impl<T: Transport, S: Store> Shared<T, S> {
             m.store_bytes.set(stats.bytes as i64);
         }
         m.in_flight.set(self.in_flight() as i64);
+        let coverage = self.ae_coverage();
+        m.ae_never_compared.set(coverage.never_compared as i64);
+        m.ae_oldest_compare
+            .set(coverage.oldest.map_or(0.0, |d| d.as_secs_f64()));
+    }
+
+    /// How well anti-entropy covers the partitions this node is a primary of.
+    pub(crate) fn ae_coverage(&self) -> super::AeCoverage {
         let view = self.view();
         let ages = self.ae_ages();
         let mine: Vec<u32> = (0..view.ring.partitioner().partitions())
@@ -385,14 +393,11 @@ impl<T: Transport, S: Store> Shared<T, S> {
                     .contains(&self.local)
             })
             .collect();
-        m.ae_never_compared
-            .set(mine.iter().filter(|p| !ages.contains_key(p)).count() as i64);
-        m.ae_oldest_compare.set(
-            mine.iter()
-                .filter_map(|p| ages.get(p))
-                .max()
-                .map_or(0.0, Duration::as_secs_f64),
-        );
+        super::AeCoverage {
+            partitions: mine.len() as u32,
+            never_compared: mine.iter().filter(|p| !ages.contains_key(p)).count() as u32,
+            oldest: mine.iter().filter_map(|p| ages.get(p)).max().copied(),
+        }
     }
 
     /// Records that `partition` was just compared with every other live primary.
