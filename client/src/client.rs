@@ -5,7 +5,9 @@
 //!
 //! At [`build`](ClientBuilder::build) the client fetches the routing table
 //! ([`RingInfo`]) from the first seed that answers, and refreshes it in the background once it
-//! is older than [`ClientConfig::ring_refresh`] or after a failed attempt. A request for a key
+//! is older than [`ClientConfig::ring_refresh`] or after a failed attempt. A node this client
+//! failed to reach (connect error, timeout, lost connection) is tried after the others for
+//! 10 s, so a node that just died costs at most one attempt per request. A request for a key
 //! goes to the first node of the key's preference list that the table marks live; later
 //! attempts walk the rest of the list (live nodes first, then the others). Without a table
 //! (no seed answered yet) requests go to the seeds.
@@ -135,6 +137,7 @@ impl ClientBuilder {
                 routing: RwLock::new(None),
                 conns: Mutex::new(HashMap::new()),
                 refreshing: std::sync::atomic::AtomicBool::new(false),
+                suspects: Mutex::new(HashMap::new()),
             }),
         };
         let deadline = Instant::now() + client.inner.config.timeout;
@@ -163,7 +166,12 @@ struct Inner {
     routing: RwLock<Option<Arc<Routing>>>,
     conns: Mutex<HashMap<SocketAddr, Arc<QuicClient>>>,
     refreshing: std::sync::atomic::AtomicBool,
+    /// Nodes an attempt recently failed to reach, until when: tried after the others.
+    suspects: Mutex<HashMap<SocketAddr, Instant>>,
 }
+
+/// How long a node that could not be reached is tried after the others.
+const SUSPECT_FOR: Duration = Duration::from_secs(10);
 
 /// A connection pool to a Shoal cluster, routing each request to a replica of its key.
 /// Cheap to clone (clones share connections and the routing table).
@@ -484,13 +492,17 @@ impl Client {
         let started = Instant::now();
         let conn = match self.inner.connection(addr, within).await {
             Ok(conn) => conn,
-            Err(e) => return Attempt::NothingHappened(None, e.to_string()),
+            Err(e) => {
+                self.inner.suspect(addr);
+                return Attempt::NothingHappened(None, e.to_string());
+            }
         };
         let within = within.saturating_sub(started.elapsed());
         let answer = match conn.rpc(bytes, within).await {
             Ok(answer) => answer,
             Err(e) => {
                 self.inner.forget(addr, &conn);
+                self.inner.suspect(addr);
                 return if e.may_have_taken_effect() {
                     Attempt::MayHaveHappened(e.to_string())
                 } else {
@@ -556,7 +568,8 @@ impl Inner {
     }
 
     /// Nodes to try for a storage key, in order: the preference list's live nodes, then its
-    /// other nodes; the seeds without a routing table.
+    /// other nodes, each group with the nodes this client recently failed to reach last; the
+    /// seeds without a routing table.
     fn candidates(self: &Arc<Self>, storage_key: &[u8]) -> Vec<SocketAddr> {
         let Some(routing) = self.routing() else {
             return self.seeds.clone();
@@ -571,7 +584,29 @@ impl Inner {
         if out.is_empty() {
             out = self.seeds.clone();
         }
+        // Stable: keeps the preference order within each group.
+        out.sort_by_key(|addr| self.is_suspect(*addr));
         out
+    }
+
+    fn is_suspect(&self, addr: SocketAddr) -> bool {
+        let mut suspects = self.suspects.lock().unwrap_or_else(|e| e.into_inner());
+        match suspects.get(&addr) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                suspects.remove(&addr);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// `addr` could not be reached (or went silent): try it after the others for a while.
+    fn suspect(&self, addr: SocketAddr) {
+        self.suspects
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr, Instant::now() + SUSPECT_FOR);
     }
 
     fn refresh_in_background(self: &Arc<Self>) {
@@ -607,6 +642,7 @@ impl Inner {
                 sources.push(*seed);
             }
         }
+        sources.sort_by_key(|addr| self.is_suspect(*addr));
         let request =
             Bytes::from(protocol::encode_request(&ClientRequest::Ring).map_err(|e| e.to_string())?);
         let mut errors = Vec::new();
@@ -616,13 +652,17 @@ impl Inner {
                 errors.push("deadline passed".to_owned());
                 break;
             }
+            // One source may not take the whole deadline: a node that just died keeps an open
+            // connection until its idle timeout.
+            let remaining = remaining.min(self.config.connect_timeout);
             let result = async {
-                let conn = self
-                    .connection(addr, remaining)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let conn = self.connection(addr, remaining).await.map_err(|e| {
+                    self.suspect(addr);
+                    e.to_string()
+                })?;
                 let answer = conn.rpc(request.clone(), remaining).await.map_err(|e| {
                     self.forget(addr, &conn);
+                    self.suspect(addr);
                     e.to_string()
                 })?;
                 match protocol::decode_response(&answer).map_err(|e| e.to_string())? {

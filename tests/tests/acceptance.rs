@@ -136,6 +136,12 @@ fn acknowledged_writes_survive_a_kill_9_and_replicas_converge_after_restart() {
         cluster.membership_lines("n1", "dead", "n2") >= 1
             && cluster.membership_lines("n3", "dead", "n2") >= 1
     });
+    // And once the client's routing table (refreshed every 2 s) knows it too.
+    wait_until("the client to route around n2", MEMBERSHIP_TIMEOUT, || {
+        client
+            .ring()
+            .is_some_and(|r| r.nodes.iter().any(|n| n.id == "n2" && !n.live))
+    });
     // With n2 known dead, every W=2 write is acknowledged by n1 and n3 (the coordinator keeps
     // a hint for n2).
     let dead_seen = Instant::now();
