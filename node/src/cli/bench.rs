@@ -21,6 +21,7 @@
 //! | `--load` | off | first write every key once (a put, or an increment by 1 for `counter`), reported as phase `load` |
 //! | `--warmup T` | none | run the workload this long before the measured run, reported as phase `warmup` |
 //! | `--seed N` | `1` | seed of the key and operation choices |
+//! | `--rate OPS` | none | target throughput of warm-up and run: requests start on a fixed schedule, latency counts from the scheduled start |
 //!
 //! Keys are `bench:r:<i>` (registers) and `bench:c:<i>` (counters) for `i` in `0..keys`, so a
 //! counter run never hits a register key. The cluster's ring hashes key names, so the hot keys
@@ -146,6 +147,11 @@ pub struct BenchArgs {
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1, value_name = "N")]
     seed: u64,
+    /// Target throughput of the warm-up and measured run, in operations per second (default:
+    /// as fast as `--concurrency` allows). Requests start on a fixed schedule and latency is
+    /// measured from the scheduled start, so a stall counts against every request it delays.
+    #[arg(long, value_name = "OPS")]
+    rate: Option<f64>,
     #[command(flatten)]
     options: DataOptions,
 }
@@ -290,6 +296,7 @@ struct Plan {
     load: bool,
     warmup: Option<Duration>,
     seed: u64,
+    rate: Option<f64>,
     keyspace: String,
     request: RequestOptions,
     json: bool,
@@ -330,6 +337,11 @@ fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
             return Err(input(format!("{flag} must be at least 1")));
         }
     }
+    if let Some(rate) = args.rate
+        && !(rate.is_finite() && rate > 0.0)
+    {
+        return Err(input(format!("--rate must be above 0, got {rate}")));
+    }
     let duration = match (args.duration, args.ops) {
         (None, None) => Some(DEFAULT_DURATION),
         (duration, _) => duration,
@@ -351,6 +363,7 @@ fn plan(args: &BenchArgs) -> Result<Plan, CliError> {
         load: args.load,
         warmup: args.warmup,
         seed: args.seed,
+        rate: args.rate,
         keyspace: args.options.keyspace.clone(),
         request: RequestOptions {
             r: args.options.r,
@@ -623,8 +636,22 @@ async fn execute(client: &Client, plan: &Plan, op: Op, key: Vec<u8>) -> Result<(
 }
 
 /// One request in flight at a time until the phase stops or its operations are handed out.
-async fn worker(client: Client, plan: Arc<Plan>, shared: Arc<Shared>, phase: Phase, seed: u64) {
+async fn worker(
+    client: Client,
+    plan: Arc<Plan>,
+    shared: Arc<Shared>,
+    phase: Phase,
+    (task, seed): (u64, u64),
+) {
     let mut rng = SmallRng::seed_from_u64(seed);
+    // With --rate, this worker's share of the schedule: one request every `interval`, the
+    // workers' schedules interleaved.
+    let schedule = plan.rate.filter(|_| phase != Phase::Load).map(|rate| {
+        let interval = Duration::from_secs_f64(plan.concurrency as f64 / rate);
+        let offset = interval.mul_f64(task as f64 / plan.concurrency as f64);
+        (interval, Instant::now() + offset)
+    });
+    let mut due = schedule.map(|(_, first)| first);
     let limit = match phase {
         Phase::Load => Some(plan.keys),
         Phase::Warmup => None,
@@ -641,7 +668,15 @@ async fn worker(client: Client, plan: Arc<Plan>, shared: Arc<Shared>, phase: Pha
                 (plan.workload.next_op(&mut rng), plan.chooser.next(&mut rng))
             }
         };
-        let started = Instant::now();
+        let started = match (&mut due, schedule) {
+            (Some(at), Some((interval, _))) => {
+                let scheduled = *at;
+                *at += interval;
+                tokio::time::sleep_until(scheduled.into()).await;
+                scheduled
+            }
+            _ => Instant::now(),
+        };
         let result = execute(&client, &plan, op, plan.key(index)).await;
         let latency = started.elapsed();
         let mut recorder = shared.recorder();
@@ -704,7 +739,7 @@ async fn run_phase(
             plan.clone(),
             shared.clone(),
             phase,
-            seed,
+            (task, seed),
         ));
     }
     let stop_at = tokio::time::Instant::now() + deadline.unwrap_or(MAX_DURATION);
@@ -810,6 +845,7 @@ fn report_json(
         "keys": plan.keys,
         "value_size": plan.value.len(),
         "concurrency": plan.concurrency,
+        "rate": plan.rate,
         "r": r,
         "w": w,
         "timeout_ms": timeout.as_millis() as u64,
@@ -1193,6 +1229,9 @@ mod tests {
             &["--ops", "0"],
             &["--r", "0"],
             &["--w", "0"],
+            &["--rate", "0"],
+            &["--rate=-5"],
+            &["--rate", "inf"],
         ] {
             let err = plan_of(flags).expect_err(&format!("{flags:?}"));
             assert!(matches!(err, CliError::Input(_)), "{flags:?}");
@@ -1201,6 +1240,7 @@ mod tests {
         // Theta does not matter for uniform keys; the largest value fits.
         plan_of(&["--distribution", "uniform", "--zipf-theta", "0"]).unwrap();
         plan_of(&["--value-size", &MAX_ELEMENT_LEN.to_string()]).unwrap();
+        assert_eq!(plan_of(&["--rate", "250.5"]).unwrap().rate, Some(250.5));
         // Values clap rejects (main() exits 2 for these).
         for flags in [
             &["--duration", "0s"][..],
