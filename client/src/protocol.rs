@@ -300,6 +300,9 @@ pub struct AntiEntropyStatus {
     pub never_compared: u32,
     /// The longest time since a partition was last fully compared, in milliseconds.
     pub oldest_compare_ms: Option<u64>,
+    /// Per partition this node is a primary of, the milliseconds since it was last fully
+    /// compared (`None`: not since the node started).
+    pub compare_ages_ms: Vec<(u32, Option<u64>)>,
 }
 
 /// A node's own replica of a key.

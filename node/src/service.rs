@@ -308,6 +308,11 @@ fn anti_entropy_status<T: Transport, S: Store>(node: &Node<T, S>) -> AntiEntropy
         partitions: coverage.partitions,
         never_compared: coverage.never_compared,
         oldest_compare_ms: coverage.oldest.map(|a| a.as_millis() as u64),
+        compare_ages_ms: coverage
+            .ages
+            .iter()
+            .map(|(p, age)| (*p, age.map(|a| a.as_millis() as u64)))
+            .collect(),
     }
 }
 

@@ -144,6 +144,7 @@ async fn health_and_metrics_move_with_requests() {
         "shoal_ae_keys_repaired",
         "shoal_ae_bytes_sent",
         "shoal_ae_partitions_never_compared",
+        "shoal_ae_partition_compare_age_seconds",
     ] {
         assert!(
             later.contains(&format!("# TYPE {name} ")),

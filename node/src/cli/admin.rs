@@ -17,7 +17,8 @@
 //!               "hint_backlog": {"keys", "oldest_age_ms", "targets": [...]},
 //!               "anti_entropy": {"exchanges", "keys_repaired", "bytes_sent",
 //!                                "bytes_received", "partitions", "never_compared",
-//!                                "oldest_compare_ms"}}]}
+//!                                "oldest_compare_ms",
+//!                                "compare_ages_ms": {"<partition>": ms or null}}}]}
 //! ```
 //!
 //! The member list and SWIM states are the answering node's view; each live member is then
@@ -227,6 +228,11 @@ async fn cluster_status(client: &Client) -> Result<Json, CliError> {
                     "partitions": ae.partitions,
                     "never_compared": ae.never_compared,
                     "oldest_compare_ms": ae.oldest_compare_ms,
+                    "compare_ages_ms": ae
+                        .compare_ages_ms
+                        .iter()
+                        .map(|(p, age)| (p.to_string(), json!(age)))
+                        .collect::<serde_json::Map<String, Json>>(),
                 })
             }),
             "hint_backlog": backlog,

@@ -21,6 +21,7 @@
 //! | `in_flight_requests` | | coordinators running |
 //! | `ae_exchanges_total`, `ae_keys_repaired_total`, `ae_bytes_sent_total`, `ae_bytes_received_total` | | anti-entropy |
 //! | `ae_partitions_never_compared`, `ae_oldest_compare_seconds` | | anti-entropy coverage |
+//! | `ae_partition_compare_age_seconds` | `partition` | time since each partition was last fully compared |
 
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
@@ -67,6 +68,11 @@ pub(crate) struct PeerKindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PartitionLabels {
+    pub(crate) partition: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PeerClassLabels {
     pub(crate) peer: String,
     pub(crate) class: &'static str,
@@ -105,6 +111,7 @@ pub(crate) struct Metrics {
     pub(crate) in_flight: Gauge,
     pub(crate) ae_never_compared: Gauge,
     pub(crate) ae_oldest_compare: Gauge<f64, AtomicU64>,
+    pub(crate) ae_compare_age: Family<PartitionLabels, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for Metrics {
@@ -133,6 +140,7 @@ impl Default for Metrics {
             in_flight: Gauge::default(),
             ae_never_compared: Gauge::default(),
             ae_oldest_compare: Gauge::default(),
+            ae_compare_age: Family::default(),
         };
         let r = &mut m.registry;
         r.register(
@@ -235,6 +243,11 @@ impl Default for Metrics {
             "ae_oldest_compare_seconds",
             "Time since the least recently compared partition was fully compared",
             m.ae_oldest_compare.clone(),
+        );
+        r.register(
+            "ae_partition_compare_age_seconds",
+            "Time since the partition was last fully compared (listed once compared)",
+            m.ae_compare_age.clone(),
         );
         m
     }

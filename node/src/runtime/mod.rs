@@ -226,7 +226,7 @@ impl From<String> for KeyspaceChangeError {
 }
 
 /// Anti-entropy coverage of the partitions a node is a primary of.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AeCoverage {
     /// Partitions the node is a primary of.
     pub partitions: u32,
@@ -234,6 +234,8 @@ pub struct AeCoverage {
     pub never_compared: u32,
     /// The longest time since a partition was last fully compared.
     pub oldest: Option<Duration>,
+    /// Per partition, the time since it was last fully compared (`None`: not since start).
+    pub ages: Vec<(u32, Option<Duration>)>,
 }
 
 /// One member as SWIM reports it to this node.

@@ -377,6 +377,15 @@ impl<T: Transport, S: Store> Shared<T, S> {
         }
         m.in_flight.set(self.in_flight() as i64);
         let coverage = self.ae_coverage();
+        for (partition, age) in &coverage.ages {
+            if let Some(age) = age {
+                m.ae_compare_age
+                    .get_or_create(&super::metrics::PartitionLabels {
+                        partition: *partition,
+                    })
+                    .set(age.as_secs_f64());
+            }
+        }
         m.ae_never_compared.set(coverage.never_compared as i64);
         m.ae_oldest_compare
             .set(coverage.oldest.map_or(0.0, |d| d.as_secs_f64()));
@@ -397,6 +406,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             partitions: mine.len() as u32,
             never_compared: mine.iter().filter(|p| !ages.contains_key(p)).count() as u32,
             oldest: mine.iter().filter_map(|p| ages.get(p)).max().copied(),
+            ages: mine.iter().map(|p| (*p, ages.get(p).copied())).collect(),
         }
     }
 
