@@ -106,7 +106,7 @@ pub enum PeerRequest {
     },
     /// Anti-entropy: the roots of your trees of these partitions (one request per peer and
     /// round, so partitions that agree cost 16 bytes each). Answered with
-    /// [`PeerResponse::Hashes`], one per partition, in order.
+    /// [`PeerResponse::Roots`], one root per partition, in order.
     AeRoots {
         /// Tracing id.
         id: RequestId,
@@ -211,6 +211,15 @@ pub enum PeerResponse {
     Cluster(Vec<u8>),
     /// Tree hashes (answer to `AeHashes`).
     Hashes(Vec<u128>),
+    /// Partition roots (answer to `AeRoots`), and whether the answering node is delivering
+    /// hints to the asker right now: then hinted handoff is repairing the asker and
+    /// anti-entropy with this peer waits, so the two do not send the same keys.
+    Roots {
+        /// One root per asked partition, in order.
+        roots: Vec<u128>,
+        /// A handoff session from the answering node to the asker is running.
+        handoff_to_you: bool,
+    },
     /// `(key, value hash)` of the asked leaves (answer to `AeLeafKeys`).
     LeafKeys(Vec<(Vec<u8>, u128)>),
     /// `(key, record bytes)` of the asked keys the receiver has (answer to `AeFetch`).

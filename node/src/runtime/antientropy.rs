@@ -10,6 +10,11 @@
 //! - **Adaptive interval.** After a round that repaired something the next comes after half
 //!   the previous interval (at least `ae_min_interval`); after a round that found nothing,
 //!   after twice it (at most `ae_max_interval`).
+//! - **Handoff first.** While either side runs a handoff session to the other, their
+//!   comparison waits (the roots answer says whether the peer is delivering hints to the
+//!   asker): hinted handoff is already sending those keys, and anti-entropy would send them
+//!   twice. A session ends when its hints are delivered or a delivery fails, so this never
+//!   blocks anti-entropy for long.
 //! - **Pause.** [`Node::pause_anti_entropy`](super::Node::pause_anti_entropy) (the admin
 //!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed; a round
 //!   in progress finishes.
@@ -127,7 +132,20 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
             .call(peer, &request, timeout, Class::Background)
             .await
         {
-            Ok(PeerResponse::Hashes(roots)) if roots.len() == partitions.len() => roots,
+            Ok(PeerResponse::Roots {
+                roots,
+                handoff_to_you,
+            }) if roots.len() == partitions.len() => {
+                // Hinted handoff is repairing one of us: let it finish first, so the same keys
+                // are not sent twice.
+                let ours = shared.handoff_active(peer.as_str());
+                if handoff_to_you || ours {
+                    tracing::debug!(%peer, handoff_to_you, ours, "anti-entropy waits for hinted handoff");
+                    incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
+                    continue;
+                }
+                roots
+            }
             other => {
                 tracing::debug!(%peer, error = %describe(other), "anti-entropy roots not compared");
                 incomplete.extend(partitions.iter().map(|(p, _, _)| *p));

@@ -78,6 +78,7 @@ fn start<T: Transport, S: Store>(
         shared.config.handoff_page,
         shared.config.handoff_in_flight,
     );
+    shared.set_handoff_active(&target, true);
     sessions.insert(target, session);
     true
 }
@@ -147,5 +148,8 @@ fn pump<T: Transport, S: Store>(
     if session.is_finished() {
         tracing::debug!(%target, delivered = session.delivered(), failed = session.failed(), "handoff pass done");
         sessions.remove(target);
+        shared.set_handoff_active(target, false);
+        // Anti-entropy with the target waited for this session; it may compare now.
+        let _ = shared.ae_wake.try_send(target.clone());
     }
 }

@@ -48,9 +48,11 @@ async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: Incomin
         // A forwarded update must run once even if the request arrives twice (a duplicated
         // packet, a retried stream): later copies wait for the first one's answer.
         let cell = shared.dedup.cell(rpc.from.id.as_str(), id);
-        cell.get_or_init(|| serve(shared, request)).await.clone()
+        cell.get_or_init(|| serve(shared, &rpc.from.id, request))
+            .await
+            .clone()
     } else {
-        serve(shared, request).await
+        serve(shared, &rpc.from.id, request).await
     };
     match answer.and_then(|a| message::encode_response(&a).map_err(|e| e.to_string())) {
         Ok(bytes) => rpc.respond(Bytes::from(bytes)),
@@ -63,6 +65,7 @@ async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: Incomin
 
 async fn serve<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
+    from: &crate::identity::NodeId,
     request: PeerRequest,
 ) -> Result<PeerResponse, String> {
     let id = request.id();
@@ -133,12 +136,16 @@ async fn serve<T: Transport, S: Store>(
             if partitions.len() > 65_536 {
                 return Err(format!("{} partitions asked", partitions.len()));
             }
-            Ok(PeerResponse::Hashes(blocking(|| {
+            let roots = blocking(|| {
                 partitions
                     .iter()
                     .map(|&p| shared.engine.merkle_root(p))
                     .collect()
-            })))
+            });
+            Ok(PeerResponse::Roots {
+                roots,
+                handoff_to_you: shared.handoff_active(from.as_str()),
+            })
         }
         PeerRequest::AeHashes {
             partition,

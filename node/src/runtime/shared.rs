@@ -178,6 +178,8 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     /// When (on [`now`](Self::now)'s clock) each partition was last compared with every
     /// other live primary.
     ae_last: Mutex<HashMap<u32, Duration>>,
+    /// Targets a handoff session is delivering hints to right now.
+    handoff_active: Mutex<std::collections::HashSet<MemberId>>,
     /// Whether anti-entropy rounds are paused (an operator's switch, for measurements).
     pub(crate) ae_paused: std::sync::atomic::AtomicBool,
     pub(crate) swim_commands: mpsc::Sender<Command>,
@@ -229,6 +231,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             ae_wake,
             ae_last: Mutex::new(HashMap::new()),
             ae_paused: std::sync::atomic::AtomicBool::new(false),
+            handoff_active: Mutex::new(std::collections::HashSet::new()),
             swim_commands,
             dedup: Dedup::new(),
             incarnation: AtomicU64::new(0),
@@ -408,6 +411,28 @@ impl<T: Transport, S: Store> Shared<T, S> {
             oldest: mine.iter().filter_map(|p| ages.get(p)).max().copied(),
             ages: mine.iter().map(|p| (*p, ages.get(p).copied())).collect(),
         }
+    }
+
+    /// Marks a handoff session to `target` as running or ended.
+    pub(crate) fn set_handoff_active(&self, target: &MemberId, active: bool) {
+        let mut set = self
+            .handoff_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if active {
+            set.insert(target.clone());
+        } else {
+            set.remove(target);
+        }
+    }
+
+    /// Whether a handoff session is delivering hints to `target` right now.
+    pub(crate) fn handoff_active(&self, target: &str) -> bool {
+        self.handoff_active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|t| t.as_str() == target)
     }
 
     /// Records that `partition` was just compared with every other live primary.
