@@ -221,7 +221,8 @@ fn retry_rule(update: &Update) -> Retry {
 
 /// What one attempt ended with.
 enum Attempt {
-    Done(ClientResponse),
+    /// Boxed: a node status is large, and attempts are passed around by value.
+    Done(Box<ClientResponse>),
     /// Nothing happened; try another node.
     NothingHappened(Option<ErrorCode>, String),
     /// It may have taken effect.
@@ -314,7 +315,7 @@ impl Client {
         request: &ClientRequest,
     ) -> Result<ClientResponse, Error> {
         match self.attempt(addr, request, self.inner.config.timeout).await {
-            Attempt::Done(response) => Ok(response),
+            Attempt::Done(response) => Ok(*response),
             Attempt::Fatal(e) => Err(e),
             Attempt::NothingHappened(code, message) => Err(Error::Failed {
                 code,
@@ -446,7 +447,7 @@ impl Client {
             let node_budget = remaining.mul_f64(0.9).max(Duration::from_millis(1));
             set_timeout(&mut request, node_budget);
             match self.attempt(addr, &request, remaining).await {
-                Attempt::Done(response) => return Ok(response),
+                Attempt::Done(response) => return Ok(*response),
                 Attempt::Fatal(e) => return Err(e),
                 Attempt::NothingHappened(code, message) => {
                     tracing::debug!(%addr, %message, "attempt failed; nothing happened");
@@ -523,7 +524,7 @@ impl Client {
                 }),
                 (WireOutcome::Failed, code) => Attempt::NothingHappened(Some(code), reply.message),
             },
-            Ok(response) => Attempt::Done(response),
+            Ok(response) => Attempt::Done(Box::new(response)),
             Err(e) => Attempt::MayHaveHappened(format!("undecodable answer: {e}")),
         }
     }
