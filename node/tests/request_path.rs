@@ -340,3 +340,40 @@ async fn a_coordinator_crashed_before_a_target_confirmed_delivers_by_its_write_a
     })
     .await;
 }
+
+/// A target cut off too briefly for SWIM to declare it dead gets its hints as soon as it
+/// answers an RPC again, not at the next periodic handoff pass (here an hour away).
+#[tokio::test(start_paused = true)]
+async fn hints_flow_as_soon_as_a_briefly_cut_target_answers_again() {
+    let cluster = Cluster::with_config(12, |c| c.handoff_interval = Duration::from_secs(3600));
+    let key = b"brief";
+    let (_, primaries) = cluster.primaries(key);
+    let (coordinator, target) = (primaries[0], primaries[1]);
+    until_all_met(&cluster).await;
+    let (a, b) = (
+        cluster.peer(coordinator).id.clone(),
+        cluster.peer(target).id.clone(),
+    );
+    cluster.net.cut_link(&a, &b);
+    cluster
+        .node(coordinator)
+        .update(KEYSPACE, key, add("x"), 2, TIMEOUT)
+        .await
+        .unwrap();
+    let target_id = b.as_str().to_owned();
+    let held = |c: &Cluster| {
+        c.node(coordinator)
+            .hint_backlog()
+            .unwrap()
+            .get(&target_id)
+            .map_or(0, |h| h.keys)
+    };
+    assert_eq!(held(&cluster), 1, "the cut target is owed a hint");
+    assert!(
+        cluster.node(coordinator).is_live(&target_id),
+        "SWIM did not declare it dead"
+    );
+    cluster.net.heal();
+    eventually(Duration::from_secs(120), || held(&cluster) == 0).await;
+    assert!(matches!(cluster.local_view(target, key), Some(View::Set(s)) if s.len() == 1));
+}

@@ -178,6 +178,8 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     /// When (on [`now`](Self::now)'s clock) each partition was last compared with every
     /// other live primary.
     ae_last: Mutex<HashMap<u32, Duration>>,
+    /// Peers whose last RPC failed (see [`call`](Self::call)).
+    failed_peers: Mutex<std::collections::HashSet<MemberId>>,
     /// Targets a handoff session is delivering hints to right now.
     handoff_active: Mutex<std::collections::HashSet<MemberId>>,
     /// Whether anti-entropy rounds are paused (an operator's switch, for measurements).
@@ -232,6 +234,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             ae_last: Mutex::new(HashMap::new()),
             ae_paused: std::sync::atomic::AtomicBool::new(false),
             handoff_active: Mutex::new(std::collections::HashSet::new()),
+            failed_peers: Mutex::new(std::collections::HashSet::new()),
             swim_commands,
             dedup: Dedup::new(),
             incarnation: AtomicU64::new(0),
@@ -528,9 +531,21 @@ impl<T: Transport, S: Store> Shared<T, S> {
         class: Class,
     ) -> Result<PeerResponse, CallError> {
         let result = self.call_counted(to, request, timeout, class).await;
-        if let Err((kind, _)) = &result {
-            self.metrics.rpc_error(to.as_str(), kind);
+        let mut failed = self.failed_peers.lock().unwrap_or_else(|e| e.into_inner());
+        match &result {
+            Err((kind, _)) => {
+                self.metrics.rpc_error(to.as_str(), kind);
+                failed.insert(to.clone());
+            }
+            // A peer that answers again after failing may be owed hints even though SWIM
+            // never declared it dead (a short partition): start handoff now rather than at
+            // the next periodic pass.
+            Ok(_) if failed.remove(to) => {
+                let _ = self.handoff_wake.try_send(to.clone());
+            }
+            Ok(_) => {}
         }
+        drop(failed);
         result.map_err(|(_, e)| e)
     }
 
