@@ -4,6 +4,10 @@
 //!   state machine that does no I/O. Datagrams, timers and time come in through
 //!   `handle_*(…, now)`; datagrams to send, timers to set and membership [`Event`]s go out
 //!   through [`Swim::poll_effect`]. A seeded RNG is passed in, so a run replays exactly.
+//!   Members probe in rounds aligned on a shared clock ([`Swim::set_schedule_clock`]), by a
+//!   schedule all of them derive from the member ids, so that every member is probed by
+//!   about one other in each round while each still probes everyone in turn (SWIM's
+//!   round-robin); a crashed member is probed within one probe interval.
 //!   Settings: [`SwimConfig`] (presets `lan(n)`, `wan(n)`, `for_test()`).
 //! - [`codec`]: the one module that encodes and decodes SWIM datagrams (bincode 2, a format
 //!   version byte first, at most [`codec::MAX_DATAGRAM`] bytes). Bad input is a

@@ -8,6 +8,7 @@ mod gossip;
 mod member;
 mod probe;
 mod rules;
+mod schedule;
 mod suspicion;
 #[cfg(test)]
 mod tests;
@@ -93,7 +94,7 @@ pub enum Effect {
 enum TimerKind {
     Probe,
     ProbeTimeout { seq: u64 },
-    ConfirmEnd { seq: u64 },
+    ExtraProbeEnd { seq: u64 },
     Relay { seq: u64 },
     Suspicion { id: NodeId },
     Gossip,
@@ -127,6 +128,8 @@ struct Probe {
     acked: bool,
     expected_nacks: u32,
     nacks: u32,
+    /// A Lifeguard confirmation probe: it may confirm a suspicion, never start one.
+    confirm: bool,
 }
 
 #[derive(Debug)]
@@ -151,15 +154,24 @@ struct Relay {
 ///    send the datagrams, arm the timers, publish the events.
 ///
 /// `now` is the driver's clock as a duration since an epoch of its choice; it must not go
-/// backwards. The RNG (`R`) decides probe order and the members picked for ping-req, gossip
-/// and push-pull; seed it to replay a run.
+/// backwards. The probe schedule follows the same clock unless
+/// [`set_schedule_clock`](Self::set_schedule_clock) names one the members share (the wall
+/// clock). The RNG (`R`) decides the members picked for ping-req, gossip and push-pull; seed
+/// it to replay a run.
 ///
 /// # Protocol
 ///
-/// Every `probe_interval` (stretched by the local health multiplier with Lifeguard), the next
-/// member of a shuffled round-robin list is pinged. Without an ack after `probe_timeout`, the
-/// ping is repeated and `indirect_probes` members ping it on our behalf (ping-req) and answer
-/// with its ack or, with Lifeguard, a nack. Without any ack by the end of the period it
+/// Probes go in rounds of `probe_interval` on the schedule clock. In each round every member
+/// pings the member that a schedule common to all members gives it (see `schedule.rs`): the
+/// live members in a pseudo-random order drawn from their ids and the cycle number, each
+/// probing the one `1 + r mod (n − 1)` places further in round `r`. With agreeing views each
+/// member is probed by exactly one other in every round, and probes every other member once
+/// per cycle of `n − 1` rounds, as SWIM's round-robin list would; a member whose view differs
+/// sends a catch-up probe, besides the scheduled one, to any member of its view it has not
+/// probed for `2 (n − 1)` rounds. With Lifeguard an unhealthy member probes only every
+/// `health multiplier` rounds. Without an ack after `probe_timeout`, the ping is repeated and
+/// `indirect_probes` members ping it on our behalf (ping-req) and answer with its ack or,
+/// with Lifeguard, a nack. Without any ack by the end of the period it
 /// becomes suspect; a suspect that does not refute (by raising its incarnation) within the
 /// suspicion timeout is declared dead. Updates ride on every message and on gossip rounds;
 /// state is exchanged (push-pull) with a random member every `push_pull_interval`, and seeds
@@ -189,11 +201,16 @@ pub struct Swim<R> {
     members: BTreeMap<NodeId, Record>,
     /// Alive + suspect members including this one.
     live: usize,
-    probe_order: Vec<NodeId>,
-    probe_index: usize,
+    /// Which member to probe in each round (see `schedule.rs`).
+    schedule: schedule::Schedule,
+    /// The probe schedule's clock: it read `.0` when the driver's clock read `.1`.
+    schedule_clock: (Duration, Duration),
+    /// The round of the last scheduled probe.
+    last_probe_round: Option<u64>,
     probe: Option<Probe>,
-    /// Lifeguard confirmation probes of members others suspect, by sequence number.
-    confirms: BTreeMap<u64, Probe>,
+    /// Probes outside the schedule, by sequence number: Lifeguard confirmation probes of
+    /// members others suspect, and catch-up probes of members the schedule left alone too long.
+    extra_probes: BTreeMap<u64, Probe>,
     relays: BTreeMap<u64, Relay>,
     /// Live timers: token → what and when it was due.
     timers: BTreeMap<u64, (TimerKind, Duration)>,
@@ -229,10 +246,11 @@ impl<R: RngCore> Swim<R> {
             },
             members: BTreeMap::new(),
             live: 1,
-            probe_order: Vec::new(),
-            probe_index: 0,
+            schedule: schedule::Schedule::default(),
+            schedule_clock: (now, now),
+            last_probe_round: None,
             probe: None,
-            confirms: BTreeMap::new(),
+            extra_probes: BTreeMap::new(),
             relays: BTreeMap::new(),
             timers: BTreeMap::new(),
             next_token: 0,
@@ -242,13 +260,10 @@ impl<R: RngCore> Swim<R> {
             seeds: Vec::new(),
             effects: VecDeque::new(),
         };
-        // Random phases, so members started together do not probe in lockstep.
-        let (probe, gossip, push_pull) = (
-            swim.config.probe_interval,
-            swim.config.gossip_interval,
-            swim.config.push_pull_interval,
-        );
-        let at = now + probe.mul_f64(swim.rng.random::<f64>());
+        // Probes at the round boundaries of the schedule clock; gossip and push-pull at random
+        // phases, so members started together do not send them in lockstep.
+        let (gossip, push_pull) = (swim.config.gossip_interval, swim.config.push_pull_interval);
+        let at = swim.next_probe_at(now);
         swim.arm(TimerKind::Probe, at);
         let at = now + gossip.mul_f64(swim.rng.random::<f64>());
         swim.arm(TimerKind::Gossip, at);
@@ -298,6 +313,27 @@ impl<R: RngCore> Swim<R> {
     /// The settings in use.
     pub fn config(&self) -> &SwimConfig {
         &self.config
+    }
+
+    /// Sets the clock that the probe schedule follows: it reads `schedule_now` when the
+    /// driver's clock reads `now`, and runs at the same rate.
+    ///
+    /// Members probe in rounds of `probe_interval` on this clock, and in each round every
+    /// member is probed by about one other (see the type's docs), so it should be a clock the
+    /// members share, such as the wall clock as a duration since the Unix epoch; a skew of a
+    /// few milliseconds between members costs nothing. Without a call the schedule follows
+    /// the driver's clock, which suits a simulator whose members share one virtual clock;
+    /// members whose clocks disagree by much still probe everyone in their view, in about
+    /// random order. Re-arms the next probe at the next round boundary of the new clock.
+    pub fn set_schedule_clock(&mut self, schedule_now: Duration, now: Duration) {
+        self.schedule_clock = (schedule_now, now);
+        self.last_probe_round = None;
+        self.schedule.invalidate();
+        self.timers.retain(|_, (kind, _)| *kind != TimerKind::Probe);
+        if self.me.state != MemberState::Left {
+            let at = self.next_probe_at(now);
+            self.arm(TimerKind::Probe, at);
+        }
     }
 
     /// Next output, or `None` when all were drained.
@@ -466,14 +502,14 @@ impl<R: RngCore> Swim<R> {
             }
             TimerKind::ProbeTimeout { seq } if stalled => {
                 self.probe = self.probe.take().filter(|p| p.seq != seq);
-                self.confirms.remove(&seq);
+                self.extra_probes.remove(&seq);
             }
             TimerKind::ProbeTimeout { seq } => self.indirect_probe(seq),
-            TimerKind::ConfirmEnd { seq } => {
-                if let Some(probe) = self.confirms.remove(&seq)
+            TimerKind::ExtraProbeEnd { seq } => {
+                if let Some(probe) = self.extra_probes.remove(&seq)
                     && !stalled
                 {
-                    self.confirm_ended(probe, now);
+                    self.extra_probe_ended(probe, now);
                 }
             }
             TimerKind::Suspicion { id } if stalled => {

@@ -1,9 +1,28 @@
-//! Probing: round-robin ping, ping-req through k members, nacks, local health.
+//! Probing: the scheduled ping each round, ping-req through k members, nacks, local health.
 
 use super::*;
 
 impl<R: RngCore> Swim<R> {
+    /// A round boundary: close the last probe's period and probe this round's target.
     pub(super) fn probe_round(&mut self, now: Duration) {
+        let round = self.round(now);
+        if self.me.state != MemberState::Left {
+            let at = self.next_probe_at(now);
+            self.arm(TimerKind::Probe, at);
+            // Lifeguard: an unhealthy member probes every `multiplier` rounds only. Decided at
+            // each boundary, so it is back in every round as soon as its health recovers.
+            let every = if self.config.lifeguard {
+                u64::from(self.health) + 1
+            } else {
+                1
+            };
+            if self
+                .last_probe_round
+                .is_some_and(|last| round >= last && round < last + every)
+            {
+                return;
+            }
+        }
         if let Some(probe) = self.probe.take()
             && !probe.acked
         {
@@ -12,9 +31,8 @@ impl<R: RngCore> Swim<R> {
         if self.me.state == MemberState::Left {
             return;
         }
-        let at = now + self.scaled(self.config.probe_interval);
-        self.arm(TimerKind::Probe, at);
-        let Some(target) = self.next_probe_target() else {
+        self.last_probe_round = Some(round);
+        let Some((target, overdue)) = self.next_probe_targets(round) else {
             return;
         };
         let seq = self.next_seq();
@@ -35,16 +53,22 @@ impl<R: RngCore> Swim<R> {
             acked: false,
             expected_nacks: 0,
             nacks: 0,
+            confirm: false,
         });
         let at = now + self.scaled(self.config.probe_timeout);
         self.arm(TimerKind::ProbeTimeout { seq }, at);
+        if let Some(id) = overdue
+            && !self.extra_probes.values().any(|p| p.target == id)
+        {
+            self.extra_probe(id, false, now);
+        }
     }
 
     /// The probe in flight with sequence number `seq`: this period's, or a confirmation.
     pub(super) fn probe_mut(&mut self, seq: u64) -> Option<&mut Probe> {
         match self.probe.as_mut().filter(|p| p.seq == seq) {
             Some(p) => Some(p),
-            None => self.confirms.get_mut(&seq),
+            None => self.extra_probes.get_mut(&seq),
         }
     }
 
@@ -115,37 +139,39 @@ impl<R: RngCore> Swim<R> {
         }
     }
 
-    pub(super) fn next_probe_target(&mut self) -> Option<NodeId> {
-        for _ in 0..2 {
-            while self.probe_index < self.probe_order.len() {
-                let id = &self.probe_order[self.probe_index];
-                self.probe_index += 1;
-                if self
-                    .members
-                    .get(id)
-                    .is_some_and(|r| r.member.state.is_live())
-                {
-                    return Some(id.clone());
-                }
-            }
-            self.probe_order = self
-                .members
+    /// The schedule clock's reading at `now` on the driver's clock.
+    fn schedule_time(&self, now: Duration) -> Duration {
+        let (at, then) = self.schedule_clock;
+        match now.checked_sub(then) {
+            Some(later) => at + later,
+            None => at.saturating_sub(then - now),
+        }
+    }
+
+    /// The probe round at `now`: the number of whole probe intervals on the schedule clock.
+    fn round(&self, now: Duration) -> u64 {
+        let interval = self.config.probe_interval.as_nanos().max(1);
+        (self.schedule_time(now).as_nanos() / interval) as u64
+    }
+
+    /// The next round boundary of the schedule clock after `now`, on the driver's clock.
+    pub(super) fn next_probe_at(&self, now: Duration) -> Duration {
+        let interval = self.config.probe_interval;
+        let into = self.schedule_time(now).as_nanos() % interval.as_nanos().max(1);
+        now + interval - Duration::from_nanos(into as u64)
+    }
+
+    /// This round's scheduled target, and a member this one has left alone too long, if any
+    /// (see `schedule.rs`).
+    pub(super) fn next_probe_targets(&mut self, round: u64) -> Option<(NodeId, Option<NodeId>)> {
+        let members = &self.members;
+        self.schedule.next_targets(&self.me.id, round, || {
+            members
                 .iter()
                 .filter(|(_, r)| r.member.state.is_live())
                 .map(|(id, _)| id.clone())
-                .collect();
-            self.probe_order.shuffle(&mut self.rng);
-            self.probe_index = 0;
-        }
-        None
-    }
-
-    /// SWIM inserts a new member at a random position of the remaining round.
-    pub(super) fn add_to_probe_order(&mut self, id: NodeId) {
-        let pos = self
-            .rng
-            .random_range(self.probe_index..=self.probe_order.len());
-        self.probe_order.insert(pos, id);
+                .collect()
+        })
     }
 
     /// Up to `count` distinct live members other than `except`, chosen at random.
@@ -157,7 +183,8 @@ impl<R: RngCore> Swim<R> {
         if count == 0 {
             return out;
         }
-        if self.probe_order.len() <= 4 * count + 4 {
+        let pool = self.schedule.order().len();
+        if pool <= 4 * count + 4 {
             let mut all: Vec<NodeId> = self
                 .members
                 .keys()
@@ -169,8 +196,8 @@ impl<R: RngCore> Swim<R> {
             return all;
         }
         for _ in 0..(8 * count + 8) {
-            let i = self.rng.random_range(0..self.probe_order.len());
-            let id = &self.probe_order[i];
+            let i = self.rng.random_range(0..pool);
+            let id = &self.schedule.order()[i];
             if eligible(self, id) && !out.contains(id) {
                 out.push(id.clone());
                 if out.len() == count {
@@ -197,12 +224,12 @@ impl<R: RngCore> Swim<R> {
 }
 
 /// Confirmation probes (Lifeguard): a member that hears that another suspects `id` probes it
-/// at once instead of waiting for its turn in the round-robin order.
+/// at once instead of waiting for its turn in the probe schedule.
 ///
 /// Lifeguard shortens a suspicion from its maximum to its minimum as independent accusers
-/// confirm it, but with round-robin probing the next member to probe the suspect comes on
-/// average one probe interval later and, in a small cluster, often several: at N = 10 the
-/// `α − 2 = 2` confirmations Lifeguard waits for took up to 6.5 s instead of the 4 s minimum.
+/// confirm it, but the schedule brings one new prober of the suspect per round, so the
+/// `α − 2 = 2` confirmations Lifeguard waits for would take two more rounds (with SWIM's
+/// unaligned round-robin they took up to 6.5 s instead of the 4 s minimum at N = 10).
 /// Probing at once brings them within one probe interval at any cluster size, and, since the
 /// ping carries the suspicion (buddy system), lets a healthy suspect refute sooner.
 ///
@@ -210,14 +237,14 @@ impl<R: RngCore> Swim<R> {
 /// Lifeguard expects, n the live members), so about `2 (k + 1)` members probe a suspect in a
 /// large cluster instead of all of them. A confirmation probe is a full probe (direct ping,
 /// then ping-req through `indirect_probes` members with nacks), so under loss it accuses no
-/// more readily than a round-robin probe; it never starts a suspicion, it only confirms the
+/// more readily than a scheduled probe; it never starts a suspicion, it only confirms the
 /// one it was sent for.
 impl<R: RngCore> Swim<R> {
     pub(super) fn maybe_confirm(&mut self, target: &NodeId, k: u32, now: Duration) {
         if !self.config.lifeguard
             || self.me.state == MemberState::Left
             || self.probe.as_ref().is_some_and(|p| p.target == *target)
-            || self.confirms.values().any(|p| p.target == *target)
+            || self.extra_probes.values().any(|p| p.target == *target)
         {
             return;
         }
@@ -226,11 +253,18 @@ impl<R: RngCore> Swim<R> {
         if self.rng.random::<f64>() >= p {
             return;
         }
-        let Some(addr) = self.members.get(target).map(|r| r.member.meta.addr) else {
+        self.extra_probe(target.clone(), true, now);
+    }
+
+    /// A full probe of `target` outside the schedule, ending one probe interval later. A
+    /// confirmation (`confirm`) only confirms a suspicion that still stands when it ends;
+    /// otherwise, like the scheduled probe, it suspects the target if nothing answered.
+    fn extra_probe(&mut self, target: NodeId, confirm: bool, now: Duration) {
+        let Some(addr) = self.members.get(&target).map(|r| r.member.meta.addr) else {
             return;
         };
         let seq = self.next_seq();
-        let buddy = self.buddy_update(target);
+        let buddy = self.buddy_update(&target);
         self.send(
             addr,
             Some(target.clone()),
@@ -240,26 +274,32 @@ impl<R: RngCore> Swim<R> {
             },
             buddy,
         );
-        self.confirms.insert(
+        self.extra_probes.insert(
             seq,
             Probe {
                 seq,
-                target: target.clone(),
+                target,
                 acked: false,
                 expected_nacks: 0,
                 nacks: 0,
+                confirm,
             },
         );
         let at = now + self.scaled(self.config.probe_timeout);
         self.arm(TimerKind::ProbeTimeout { seq }, at);
         let at = now + self.scaled(self.config.probe_interval);
-        self.arm(TimerKind::ConfirmEnd { seq }, at);
+        self.arm(TimerKind::ExtraProbeEnd { seq }, at);
     }
 
-    /// A confirmation probe's period ended: without an ack, confirm the suspicion if it still
-    /// stands (a refutation meanwhile means the suspect lives, whatever this probe saw).
-    pub(super) fn confirm_ended(&mut self, probe: Probe, now: Duration) {
+    /// A probe outside the schedule ended. Without an ack, a confirmation confirms the
+    /// suspicion if it still stands (a refutation meanwhile means the suspect lives, whatever
+    /// this probe saw); a catch-up probe fails like a scheduled one.
+    pub(super) fn extra_probe_ended(&mut self, probe: Probe, now: Duration) {
         if probe.acked {
+            return;
+        }
+        if !probe.confirm {
+            self.probe_failed(probe, now);
             return;
         }
         self.count_missed_nacks(&probe);

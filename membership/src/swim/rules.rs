@@ -70,7 +70,7 @@ impl<R: RngCore> Swim<R> {
                 },
             );
             self.live += 1;
-            self.add_to_probe_order(id);
+            self.schedule.add(id);
             self.broadcasts.push(alive_update(&member));
             self.emit(Event::Up(member));
             return;
@@ -95,7 +95,7 @@ impl<R: RngCore> Swim<R> {
         match prev {
             MemberState::Dead | MemberState::Left => {
                 self.live += 1;
-                self.add_to_probe_order(id);
+                self.schedule.add(id);
                 self.emit(Event::Up(member));
             }
             MemberState::Suspect => {
@@ -169,7 +169,7 @@ impl<R: RngCore> Swim<R> {
         }
         if !was_live {
             self.live += 1;
-            self.add_to_probe_order(id.clone());
+            self.schedule.add(id.clone());
         }
         let (min, max) = suspicion::bounds(&self.config, self.live);
         let k = suspicion::expected_confirmations(&self.config, self.live);
@@ -232,6 +232,7 @@ impl<R: RngCore> Swim<R> {
             self.timers.remove(&s.token);
         }
         self.live -= 1;
+        self.schedule.invalidate();
         self.broadcasts.push(Update::Dead {
             id,
             incarnation,
@@ -265,6 +266,7 @@ impl<R: RngCore> Swim<R> {
         }
         if was_live {
             self.live -= 1;
+            self.schedule.invalidate();
         }
         self.broadcasts.push(Update::Left { id, incarnation });
         self.emit(Event::Left(member));
