@@ -30,12 +30,12 @@
 //! **Views that disagree** (a join or a death still spreading, a partition) give members
 //! different orders, so in those rounds a member may be probed by none or by several: the
 //! behaviour falls back to about that of independent random probing, and returns to the
-//! aligned schedule as soon as the views agree again (at the latest at the next cycle). What
+//! aligned schedule as soon as the views agree again (a view change rebuilds the order). What
 //! does not degrade is each prober's own completeness: it counts its probes, and a member of
 //! its view that it has not probed for `2 (n − 1)` of them (more than the longest gap the
 //! schedule leaves with a stable view, `2n − 3`) gets a catch-up probe in the next round, in
 //! addition to the scheduled one (replacing the scheduled probe would leave that round's
-//! target unprobed by anyone, which after each view change delayed detection by a round).
+//! target unprobed by anyone, which after view changes delayed detections by a round).
 //! So no member of a prober's view goes unprobed by it for much longer than SWIM's shuffled
 //! round-robin list would allow (`2 (n − 1)` probes, plus one round per other member overdue
 //! at the same time), whatever the other members believe or whatever the clocks say. With
