@@ -206,6 +206,7 @@ async fn run_node(settings: NodeSettings) -> Result<(), CliError> {
     let mut config = NodeConfig::new(members);
     config.cluster = learned;
     config.seed = rand::random();
+    config.swim_wall_clock = true;
     let node = Arc::new(
         Node::start(config, transport.clone(), inbox, engine)
             .map_err(|e| CliError::Input(e.to_string()))?,

@@ -103,6 +103,13 @@ pub struct NodeConfig {
     pub swim: SwimConfig,
     /// Seed of the SWIM RNG (probe order, gossip targets), so a simulation replays.
     pub seed: u64,
+    /// Whether SWIM's probe rounds follow the wall clock (`SystemTime`), so that nodes probe
+    /// in aligned rounds in which each is probed by about one other
+    /// ([`Swim::set_schedule_clock`](shoal_membership::Swim::set_schedule_clock)); this
+    /// detects a crashed node sooner. Needs clocks synchronized to within a small part of the
+    /// probe interval (NTP). Default false, so that a seeded simulation on a paused tokio
+    /// clock does not depend on the real time; `shoal node` turns it on.
+    pub swim_wall_clock: bool,
     /// N of a keyspace never created. Default 3, at most `ring.replicas`.
     pub default_n: usize,
     /// In-flight foreground RPCs (client requests) per peer. Default 64. More queues more
@@ -150,6 +157,7 @@ impl NodeConfig {
             ring: RingConfig::default(),
             swim: SwimConfig::lan(n),
             seed: 0,
+            swim_wall_clock: false,
             default_n: 3,
             peer_concurrency: 64,
             background_concurrency: 8,

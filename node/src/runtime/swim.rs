@@ -60,6 +60,11 @@ pub(crate) async fn run<T: Transport, S: Store>(
         rng,
         shared.now(),
     );
+    if shared.config.swim_wall_clock
+        && let Ok(wall) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)
+    {
+        swim.set_schedule_clock(wall, shared.now());
+    }
     // Seeds: the configured members and every address the cluster state remembers.
     let mut seeds: Vec<_> = shared
         .config
