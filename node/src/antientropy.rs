@@ -17,12 +17,23 @@
 //! - a key only this node has, or with another hash on each side, is then pushed to the peer
 //!   (after the local merge, so a key that differed on both sides ends equal on both).
 //!
+//! A subtree that is empty on one side (its hash is the hash of an empty subtree at that
+//! level) is not descended: every key under it is missing there, so the side that has them
+//! sends all the records of its leaf range at once ([`AeEffect::PushLeaves`],
+//! [`AeEffect::FetchLeaves`]), with no key lists. That is what repairs a wiped replica: its
+//! records move once, with nothing else but the first level's hashes.
+//!
 //! Equal trees cost one round trip of 16 hashes. `d` differing keys cost at most `DEPTH`
 //! hash round trips, the key lists of the differing leaves, and the records of the `d`
 //! keys. Merges are CRDT joins, so an exchange racing with writes, another exchange or hinted
 //! handoff is harmless: anything it misses is found by the next one.
+//!
+//! The runtime compares the roots of many partitions with one request first; to keep that
+//! request small when nothing differs, [`roots_summary`] folds the roots into one hash, and
+//! [`partition_bitmap`] names the partitions in one bit each.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::OnceLock;
 
 use shoal_storage::merkle::{DEPTH, FANOUT};
 use shoal_storage::{MerkleTree, NodeHash, ValueHash};
@@ -49,6 +60,22 @@ pub enum AeEffect {
         /// Leaf indexes.
         leaves: Vec<u16>,
     },
+    /// Send the peer every local record of leaves `first..=last` (the peer has none of them),
+    /// then call [`handle_transferred`](Exchange::handle_transferred).
+    PushLeaves {
+        /// First leaf.
+        first: u16,
+        /// Last leaf (inclusive).
+        last: u16,
+    },
+    /// Fetch every record of leaves `first..=last` from the peer (this node has none of them)
+    /// and merge them, then call [`handle_transferred`](Exchange::handle_transferred).
+    FetchLeaves {
+        /// First leaf.
+        first: u16,
+        /// Last leaf (inclusive).
+        last: u16,
+    },
     /// Fetch `fetch` from the peer and merge them locally, then send the local records of
     /// `push` to the peer; then call [`handle_repaired`](Exchange::handle_repaired).
     Repair {
@@ -68,6 +95,8 @@ pub struct ExchangeReport {
     pub hashes_compared: u64,
     /// Leaves whose key lists were compared.
     pub leaves_compared: u64,
+    /// Leaves sent or fetched whole because the other side had nothing under them.
+    pub leaves_transferred: u64,
     /// Keys found different (present on one side only, or different states).
     pub keys_differing: u64,
     /// Keys fetched from the peer.
@@ -91,6 +120,10 @@ enum Phase {
     Leaves,
     /// Repairing a batch.
     Repairing,
+    /// Sending (`push`) or fetching a leaf range whole.
+    Transferring {
+        push: bool,
+    },
     Done,
 }
 
@@ -108,6 +141,8 @@ pub struct Exchange {
     phase: Phase,
     /// Differing leaves not compared yet.
     leaves: VecDeque<u16>,
+    /// Leaf ranges to send whole (`true`) or fetch whole (`false`).
+    transfers: VecDeque<(u16, u16, bool)>,
     /// Differing keys found, not repaired yet: (key, fetch, push).
     repairs: VecDeque<(Vec<u8>, bool, bool)>,
     report: ExchangeReport,
@@ -125,6 +160,7 @@ impl Exchange {
                 nodes: vec![0],
             },
             leaves: VecDeque::new(),
+            transfers: VecDeque::new(),
             repairs: VecDeque::new(),
             report: ExchangeReport::default(),
             effects: VecDeque::new(),
@@ -161,18 +197,31 @@ impl Exchange {
             ));
             return;
         }
+        let empty = empty_hashes()[level + 1];
+        let span = FANOUT.pow((DEPTH - level - 1) as u32) as u32;
         let mut differing = Vec::new();
+        let mut whole = Vec::new();
         for (node, theirs) in nodes.iter().zip(hashes.chunks(FANOUT)) {
             let ours = self.local.children(level, *node as usize);
             self.report.hashes_compared += FANOUT as u64;
             for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-                if a != b {
-                    differing.push(*node * FANOUT as u32 + i as u32);
+                if a == b {
+                    continue;
+                }
+                let child = *node * FANOUT as u32 + i as u32;
+                if *b == empty || *a == empty {
+                    // One side has nothing under this child: move its records whole.
+                    whole.push((child * span, child * span + span - 1, *b == empty));
+                } else {
+                    differing.push(child);
                 }
             }
         }
+        for (first, last, push) in whole {
+            self.add_transfer(first as u16, last as u16, push);
+        }
         if differing.is_empty() {
-            self.finish(None);
+            self.next_step();
             return;
         }
         if level + 1 < DEPTH {
@@ -224,6 +273,34 @@ impl Exchange {
         }
     }
 
+    /// The last [`PushLeaves`](AeEffect::PushLeaves) or
+    /// [`FetchLeaves`](AeEffect::FetchLeaves) is done; `keys` records moved.
+    pub fn handle_transferred(&mut self, keys: u64) {
+        let Phase::Transferring { push } = self.phase else {
+            return;
+        };
+        self.report.keys_differing += keys;
+        if push {
+            self.report.keys_pushed += keys;
+        } else {
+            self.report.keys_fetched += keys;
+        }
+        self.next_step();
+    }
+
+    fn add_transfer(&mut self, first: u16, last: u16, push: bool) {
+        self.report.leaves_transferred += u64::from(last - first) + 1;
+        // Neighbouring ranges in the same direction go as one.
+        if let Some(prev) = self.transfers.back_mut()
+            && prev.2 == push
+            && u32::from(prev.1) + 1 == u32::from(first)
+        {
+            prev.1 = last;
+            return;
+        }
+        self.transfers.push_back((first, last, push));
+    }
+
     /// The last effect failed (the peer is unreachable, or answered garbage): the exchange
     /// ends, incomplete; what was repaired stays repaired.
     pub fn handle_error(&mut self, error: String) {
@@ -252,6 +329,15 @@ impl Exchange {
             self.effects.push_back(AeEffect::Repair { fetch, push });
             return;
         }
+        if let Some((first, last, push)) = self.transfers.pop_front() {
+            self.phase = Phase::Transferring { push };
+            self.effects.push_back(if push {
+                AeEffect::PushLeaves { first, last }
+            } else {
+                AeEffect::FetchLeaves { first, last }
+            });
+            return;
+        }
         if !self.leaves.is_empty() {
             let take = self.leaves.len().min(LEAVES_PER_STEP);
             let leaves: Vec<u16> = self.leaves.drain(..take).collect();
@@ -270,6 +356,53 @@ impl Exchange {
         self.effects
             .push_back(AeEffect::Done(std::mem::take(&mut self.report)));
     }
+}
+
+/// The hash of an empty subtree at each level (index 0 = root, [`DEPTH`] = a leaf).
+pub fn empty_hashes() -> &'static [NodeHash; DEPTH + 1] {
+    static EMPTY: OnceLock<[NodeHash; DEPTH + 1]> = OnceLock::new();
+    EMPTY.get_or_init(|| {
+        let tree = MerkleTree::default();
+        std::array::from_fn(|level| tree.level(level)[0])
+    })
+}
+
+/// One hash over `(partition, root)` pairs, in order: equal on two nodes exactly when they
+/// hold the same roots for the same partitions (up to 128-bit collisions).
+pub fn roots_summary(pairs: impl IntoIterator<Item = (u32, NodeHash)>) -> NodeHash {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    for (partition, root) in pairs {
+        h.update(&partition.to_le_bytes());
+        h.update(&root.to_le_bytes());
+    }
+    h.digest128()
+}
+
+/// Most partitions a bitmap may name (a ring has at most 65536).
+pub const MAX_PARTITIONS: usize = 65_536;
+
+/// `partitions` as a bitmap: bit `p % 8` of byte `p / 8` is set for each `p`.
+pub fn partition_bitmap(partitions: &[u32]) -> Vec<u8> {
+    let len = partitions.iter().max().map_or(0, |&p| p as usize / 8 + 1);
+    let mut bits = vec![0u8; len];
+    for &p in partitions {
+        bits[p as usize / 8] |= 1 << (p % 8);
+    }
+    bits
+}
+
+/// The partitions a [`partition_bitmap`] names, ascending; `None` if it is longer than
+/// [`MAX_PARTITIONS`] bits.
+pub fn bitmap_partitions(bits: &[u8]) -> Option<Vec<u32>> {
+    if bits.len() * 8 > MAX_PARTITIONS {
+        return None;
+    }
+    Some(
+        (0..bits.len() * 8)
+            .filter(|&p| bits[p / 8] & (1 << (p % 8)) != 0)
+            .map(|p| p as u32)
+            .collect(),
+    )
 }
 
 /// The children hashes of `nodes` at `level` in `tree`, `FANOUT` per node, as
@@ -293,7 +426,7 @@ pub fn children_hashes(tree: &MerkleTree, level: usize, nodes: &[u32]) -> Option
 mod tests {
     use std::collections::BTreeMap;
 
-    use shoal_storage::merkle::leaf_of;
+    use shoal_storage::merkle::{LEAVES, leaf_of};
 
     use super::*;
 
@@ -351,6 +484,23 @@ mod tests {
                     }
                     x.handle_repaired();
                 }
+                AeEffect::PushLeaves { first, last } | AeEffect::FetchLeaves { first, last } => {
+                    let push = matches!(effect, AeEffect::PushLeaves { .. });
+                    let (from, to) = if push { (&*a, &mut *b) } else { (&*b, &mut *a) };
+                    let moving: Vec<_> = from
+                        .iter()
+                        .filter(|(k, _)| (first..=last).contains(&leaf_of(k)))
+                        .map(|(k, h)| (k.clone(), *h))
+                        .collect();
+                    assert!(
+                        moving.iter().all(|(k, _)| !to.contains_key(k)),
+                        "a whole-leaf transfer only goes where nothing is"
+                    );
+                    trips += moving.len().div_ceil(KEYS_PER_STEP).max(1);
+                    let n = moving.len() as u64;
+                    to.extend(moving);
+                    x.handle_transferred(n);
+                }
                 AeEffect::Done(report) => return (report, trips),
             }
         }
@@ -394,19 +544,62 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_replica_is_filled_in_bounded_steps() {
-        let mut a = Replica::new();
-        let mut b = replica(3000, 3);
-        let (report, trips) = run(&mut a, &mut b);
+    fn an_empty_replica_gets_every_record_whole_with_no_key_lists() {
+        for (initiator_empty, salt) in [(true, 3), (false, 4)] {
+            let (mut a, mut b) = (Replica::new(), replica(3000, salt));
+            if !initiator_empty {
+                std::mem::swap(&mut a, &mut b);
+            }
+            let (report, trips) = run(&mut a, &mut b);
+            assert_eq!(a, b);
+            let (fetched, pushed) = if initiator_empty {
+                (3000, 0)
+            } else {
+                (0, 3000)
+            };
+            assert_eq!((report.keys_fetched, report.keys_pushed), (fetched, pushed));
+            assert_eq!(report.leaves_compared, 0, "no key lists");
+            assert_eq!(report.leaves_transferred, LEAVES as u64);
+            // The root's children, then the records in batches.
+            assert_eq!(trips, 1 + 3000usize.div_ceil(KEYS_PER_STEP));
+        }
+    }
+
+    #[test]
+    fn subtrees_empty_on_one_side_move_whole_and_the_rest_is_compared() {
+        let mut a = replica(3000, 1);
+        let mut b = a.clone();
+        // Every key under the first root child only on a, every key under the second only on
+        // b (empty subtrees on the other side), and one changed key elsewhere.
+        let span = (LEAVES / FANOUT) as u16;
+        a.retain(|k, _| leaf_of(k) / span != 1);
+        b.retain(|k, _| leaf_of(k) / span != 0);
+        let changed = a.keys().find(|k| leaf_of(k) / span > 1).unwrap().clone();
+        a.insert(changed, 99);
+        let only_a = a.keys().filter(|k| leaf_of(k) / span == 0).count() as u64;
+        let only_b = b.keys().filter(|k| leaf_of(k) / span == 1).count() as u64;
+        let (report, _) = run(&mut a, &mut b);
         assert_eq!(a, b);
-        assert_eq!(report.keys_fetched, 3000);
-        assert_eq!(report.keys_pushed, 0);
-        // DEPTH hash trips, then leaves and repairs in bounded chunks.
-        let leaves = report.leaves_compared as usize;
-        let max_trips = DEPTH
-            + leaves.div_ceil(LEAVES_PER_STEP)
-            + 2 * (3000usize.div_ceil(KEYS_PER_STEP) + leaves.div_ceil(LEAVES_PER_STEP));
-        assert!(trips <= max_trips, "{trips} > {max_trips}");
+        assert_eq!(report.leaves_transferred, 2 * u64::from(span));
+        assert_eq!(report.keys_pushed, only_a + 1);
+        assert_eq!(report.keys_fetched, only_b + 1);
+        assert_eq!(report.leaves_compared, 1, "only the changed key's leaf");
+    }
+
+    #[test]
+    fn roots_summaries_and_partition_bitmaps() {
+        let parts = [0u32, 3, 8, 255, 256];
+        let bits = partition_bitmap(&parts);
+        assert_eq!(bits.len(), 33);
+        assert_eq!(bitmap_partitions(&bits).unwrap(), parts);
+        assert_eq!(bitmap_partitions(&[]).unwrap(), Vec::<u32>::new());
+        assert!(bitmap_partitions(&vec![0xff; MAX_PARTITIONS / 8 + 1]).is_none());
+        let roots = [(1, 10u128), (2, 20)];
+        assert_eq!(roots_summary(roots), roots_summary(roots));
+        assert_ne!(roots_summary(roots), roots_summary([(1, 10u128), (2, 21)]));
+        assert_ne!(roots_summary(roots), roots_summary([(1, 10u128)]));
+        assert_eq!(empty_hashes()[DEPTH], 0, "an empty leaf is the empty XOR");
+        assert_eq!(empty_hashes()[0], MerkleTree::default().root());
     }
 
     #[test]

@@ -65,6 +65,7 @@ pub struct HandoffSession {
     last_page: bool,
     failed: bool,
     delivered: u64,
+    skipped: u64,
     effects: VecDeque<HandoffEffect>,
 }
 
@@ -83,6 +84,7 @@ impl HandoffSession {
             last_page: false,
             failed: false,
             delivered: 0,
+            skipped: 0,
             effects: VecDeque::new(),
         };
         session.pump();
@@ -97,6 +99,11 @@ impl HandoffSession {
     /// Hints delivered and acknowledged so far.
     pub fn delivered(&self) -> u64 {
         self.delivered
+    }
+
+    /// Hints passed over in this session (see [`handle_skipped`](Self::handle_skipped)).
+    pub fn skipped(&self) -> u64 {
+        self.skipped
     }
 
     /// Whether a delivery failed (the session stopped early).
@@ -130,6 +137,17 @@ impl HandoffSession {
                 key: key.to_vec(),
                 hash,
             });
+            self.pump();
+        }
+    }
+
+    /// The hint for `(partition, key)` was not sent: its update is still on its way to the
+    /// target by the coordinator's own replication, which deletes the hint once the target
+    /// confirms. The hint is kept (a later session delivers it if that replication fails), and
+    /// the session goes on.
+    pub fn handle_skipped(&mut self, partition: u32, key: &[u8]) {
+        if self.in_flight.remove(&(partition, key.to_vec())).is_some() {
+            self.skipped += 1;
             self.pump();
         }
     }
@@ -227,6 +245,28 @@ mod tests {
         assert!(s.is_finished());
         assert_eq!(s.delivered(), 2);
         assert!(!s.failed());
+    }
+
+    #[test]
+    fn a_skipped_hint_is_kept_and_the_session_goes_on() {
+        let mut s = HandoffSession::new(MemberId::new("n2").unwrap(), 10, 1);
+        drain(&mut s);
+        s.handle_page(vec![hint("a"), hint("b")]);
+        assert!(matches!(drain(&mut s)[..], [HandoffEffect::Deliver { .. }]));
+        s.handle_skipped(1, b"a");
+        let effects = drain(&mut s);
+        assert!(
+            matches!(&effects[..], [HandoffEffect::Deliver { hint }] if hint.key == b"b"),
+            "{effects:?}"
+        );
+        s.handle_delivered(1, b"b");
+        let effects = drain(&mut s);
+        assert!(
+            matches!(&effects[..], [HandoffEffect::Remove { key, .. }] if key == b"b"),
+            "only the delivered hint is removed: {effects:?}"
+        );
+        assert!(s.is_finished() && !s.failed());
+        assert_eq!((s.delivered(), s.skipped()), (1, 1));
     }
 
     #[test]

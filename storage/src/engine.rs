@@ -25,6 +25,9 @@ const LOCK_STRIPES: usize = 4096;
 /// Bytes of the data-column key before the user key: partition (4) and Merkle leaf (2).
 const DATA_PREFIX_LEN: usize = 6;
 
+/// A key with its stored record bytes, as read for a peer.
+pub type RawRecord = (Vec<u8>, Vec<u8>);
+
 /// A key's state during a [`Engine::merge_many`] batch.
 struct Pending<'a> {
     partition: Partition,
@@ -545,6 +548,45 @@ impl<S: Store> Engine<S> {
                 true
             })?;
         Ok(keys)
+    }
+
+    /// The keys and raw record bytes of leaves `first..=last` of a partition, whole leaves at
+    /// a time until at least `limit` records were read, and the first leaf not read when it
+    /// stopped early.
+    pub fn leaf_records(
+        &self,
+        partition: Partition,
+        first: u16,
+        last: u16,
+        limit: usize,
+    ) -> Result<(Vec<RawRecord>, Option<u16>), StorageError> {
+        let prefix = partition.to_be_bytes();
+        let mut from = prefix.to_vec();
+        from.extend_from_slice(&first.to_be_bytes());
+        let (mut records, mut next) = (Vec::new(), None);
+        let mut current = first;
+        self.store.scan_prefix_from(
+            Column::Data,
+            &prefix,
+            &from,
+            &mut |dk: &[u8], raw: &[u8]| {
+                let leaf = u16::from_be_bytes([dk[4], dk[5]]);
+                if leaf > last {
+                    return false;
+                }
+                if leaf != current {
+                    // A leaf boundary: stop here once the batch is full.
+                    if records.len() >= limit {
+                        next = Some(leaf);
+                        return false;
+                    }
+                    current = leaf;
+                }
+                records.push((dk[DATA_PREFIX_LEN..].to_vec(), raw.to_vec()));
+                true
+            },
+        )?;
+        Ok((records, next))
     }
 
     /// Visits every key of a partition with its raw record bytes until `visit` returns false.

@@ -56,15 +56,16 @@ impl Store for RocksStore {
         Ok(self.db.write_opt(wb, &options)?)
     }
 
-    fn scan_prefix(
+    fn scan_prefix_from(
         &self,
         column: Column,
         prefix: &[u8],
+        from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let iter = self.db.iterator_cf(
             self.cf(column),
-            IteratorMode::From(prefix, Direction::Forward),
+            IteratorMode::From(from.max(prefix), Direction::Forward),
         );
         for item in iter {
             let (key, value) = item?;

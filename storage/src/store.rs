@@ -63,6 +63,18 @@ pub trait Store: Send + Sync + 'static {
         column: Column,
         prefix: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<(), StorageError> {
+        self.scan_prefix_from(column, prefix, prefix, visit)
+    }
+
+    /// Visits the keys starting with `prefix` that are at least `from`, in order, until `visit`
+    /// returns false (one seek, however far into the prefix `from` is).
+    fn scan_prefix_from(
+        &self,
+        column: Column,
+        prefix: &[u8],
+        from: &[u8],
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError>;
 
     /// Flushes buffered state (used at shutdown so the next open is quick).
@@ -123,15 +135,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    fn scan_prefix(
+    fn scan_prefix_from(
         &self,
         column: Column,
         prefix: &[u8],
+        from: &[u8],
         visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<(), StorageError> {
         let columns = self.columns.read();
+        let from = from.max(prefix);
         let range =
-            columns[column.index()].range::<[u8], _>((Bound::Included(prefix), Bound::Unbounded));
+            columns[column.index()].range::<[u8], _>((Bound::Included(from), Bound::Unbounded));
         for (key, value) in range {
             if !key.starts_with(prefix) || !visit(key, value) {
                 break;

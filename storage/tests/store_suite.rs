@@ -346,6 +346,31 @@ fn merkle_tracks_writes<S: Store>(e: &Engine<S>) {
     }
     assert_eq!(listed, 200);
     assert!(e.partitions().contains(&9));
+    // Whole leaves in batches: every record once, in leaf order, resuming where it stopped.
+    let last = shoal_storage::merkle::LEAVES as u16 - 1;
+    let (mut first, mut seen) = (0u16, Vec::new());
+    loop {
+        let (records, next) = e.leaf_records(9, first, last, 16).unwrap();
+        assert!(
+            next.is_none() || records.len() >= 16,
+            "stops only when full"
+        );
+        for (key, raw) in records {
+            assert_eq!(e.get_record(9, &key).unwrap().unwrap().as_bytes(), &raw[..]);
+            seen.push(shoal_storage::merkle::leaf_of(&key));
+        }
+        match next {
+            Some(leaf) => first = leaf,
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 200);
+    assert!(seen.is_sorted(), "leaf order");
+    let (one_leaf, next) = e.leaf_records(9, seen[0], seen[0], 1000).unwrap();
+    assert_eq!(
+        (one_leaf.len(), next),
+        (e.leaf_keys(9, seen[0]).unwrap().len(), None)
+    );
 }
 
 fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: Store>(

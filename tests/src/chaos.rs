@@ -296,16 +296,25 @@ impl RunningWorkload {
             runtime.block_on(async move {
                 let tls = TlsMaterial::load_client(&tls_dir, &ClientName::new("dev").unwrap())
                     .map_err(|e| e.to_string())?;
-                let client = Client::builder()
-                    .seeds(seeds)
-                    .tls(tls)
-                    .config(ClientConfig {
-                        timeout: config.timeout,
-                        ..ClientConfig::default()
-                    })
-                    .build()
-                    .await
-                    .map_err(|e| e.to_string())?;
+                // A loaded machine may miss the first ring fetch's short timeout: try again
+                // for a minute before calling the run broken.
+                let connect_until = Instant::now() + Duration::from_secs(60);
+                let client = loop {
+                    let built = Client::builder()
+                        .seeds(seeds.clone())
+                        .tls(tls.clone())
+                        .config(ClientConfig {
+                            timeout: config.timeout,
+                            ..ClientConfig::default()
+                        })
+                        .build()
+                        .await;
+                    match built {
+                        Ok(client) => break client,
+                        Err(e) if Instant::now() >= connect_until => return Err(e.to_string()),
+                        Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+                    }
+                };
                 let started = Instant::now();
                 let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                 let mut writers = Vec::new();

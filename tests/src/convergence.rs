@@ -14,6 +14,12 @@
 //!   hint backlogs are 0 and digests equal.
 //! - **wipe**: n3 is killed, its data directory deleted, restarted; until digests are equal.
 //!
+//! Bytes are counted twice: on the wire (the iptables counter: UDP payloads, so QUIC and TLS
+//! framing, acknowledgements and retransmissions included, less the idle rate), and as the
+//! nodes' own message bytes by kind (`shoal_peer_bytes_sent_total`, scraped from every node
+//! before and after: SWIM, hints, anti-entropy steps, replication), which says where the bytes
+//! went.
+//!
 //! For each: time to converge next to the floor (detection, measured as the time until every
 //! node sees n3 alive, plus one anti-entropy interval, plus the minimum bytes at the measured
 //! loopback bandwidth), bytes moved next to the minimum (the differing keys and values plus a
@@ -21,6 +27,7 @@
 //! time (hints held for n3; for the wipe, keys less those anti-entropy restored on n3),
 //! plotted as SVG. Finally, foreground read throughput with anti-entropy running and paused.
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -34,7 +41,7 @@ use shoal_client::{Client, ClientConfig};
 
 use crate::chaos::Netns;
 use crate::process::{alive, send_signal};
-use crate::{DevCluster, wait_until};
+use crate::{DevCluster, http_get, wait_until};
 
 /// Settings of a benchmark run.
 #[derive(Clone, Debug)]
@@ -130,7 +137,30 @@ struct Measured {
     detection: f64,
     bytes: f64,
     raw_bytes: f64,
+    /// Message bytes the nodes sent each other, by kind (`shoal_peer_bytes_sent_total`).
+    by_kind: BTreeMap<String, f64>,
     timeline: Vec<(f64, f64)>,
+}
+
+/// Message bytes every node sent its peers so far, by kind, summed over the nodes (a node
+/// that is down counts nothing: its counters start again at its restart).
+fn traffic_by_kind(cluster: &DevCluster) -> BTreeMap<String, f64> {
+    const SERIES: &str = "shoal_peer_bytes_sent_total{kind=\"";
+    let mut total = BTreeMap::new();
+    for i in 0..cluster.nodes().len() {
+        let Ok((200, page)) = http_get(cluster.admin(i), "/metrics") else {
+            continue;
+        };
+        for line in page.lines().filter(|l| l.starts_with(SERIES)) {
+            let rest = &line[SERIES.len()..];
+            let (Some((kind, _)), Some(value)) = (rest.split_once('"'), line.rsplit(' ').next())
+            else {
+                continue;
+            };
+            *total.entry(kind.to_owned()).or_insert(0.0) += value.parse().unwrap_or(0.0);
+        }
+    }
+    total
 }
 
 struct Bench<'a> {
@@ -181,7 +211,7 @@ impl Bench<'_> {
     async fn converge(
         &self,
         started: Instant,
-        bytes0: u64,
+        (bytes0, traffic0): (u64, BTreeMap<String, f64>),
         pending: impl Fn(&[Option<NodeStatus>]) -> f64,
     ) -> Measured {
         let mut timeline = Vec::new();
@@ -206,7 +236,12 @@ impl Bench<'_> {
             if equal {
                 let seconds = started.elapsed().as_secs_f64();
                 let raw = peer_bytes(self.ns).saturating_sub(bytes0) as f64;
+                let mut by_kind = traffic_by_kind(self.cluster);
+                for (kind, bytes) in by_kind.iter_mut() {
+                    *bytes = (*bytes - traffic0.get(kind).copied().unwrap_or(0.0)).max(0.0);
+                }
                 return Measured {
+                    by_kind,
                     seconds,
                     detection: detection.unwrap_or(seconds),
                     bytes: (raw - self.idle_rate * seconds).max(0.0),
@@ -239,6 +274,9 @@ impl Bench<'_> {
             "bytes_vs_minimum": round(m.bytes / minimum.max(1.0)),
             "full_copy_bytes": full_copy.round(),
             "bytes_vs_full_copy": round(m.bytes / full_copy.max(1.0)),
+            "message_bytes": m.by_kind.values().sum::<f64>().round(),
+            "message_bytes_vs_minimum": round(m.by_kind.values().sum::<f64>() / minimum.max(1.0)),
+            "message_bytes_by_kind": m.by_kind,
         });
         progress(&result.to_string());
         let svg = plot(&format!("{name} (d = {d})"), &m.timeline);
@@ -397,10 +435,10 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         ])?;
         bench.put_many(&format!("a{d}"), d, 2).await;
         let full = bench.written as f64 * per_key;
-        let bytes0 = peer_bytes(ns);
+        let before = (peer_bytes(ns), traffic_by_kind(cluster));
         let started = Instant::now();
         ns.heal();
-        let m = bench.converge(started, bytes0, hints_for_n3).await;
+        let m = bench.converge(started, before, hints_for_n3).await;
         runs.push(bench.report("partition", d, &m, full));
     }
 
@@ -418,10 +456,10 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         n
     };
     let full = bench.written as f64 * per_key;
-    let bytes0 = peer_bytes(ns);
+    let before = (peer_bytes(ns), traffic_by_kind(cluster));
     let started = Instant::now();
     let _n3 = cluster.start_node("n3");
-    let m = bench.converge(started, bytes0, hints_for_n3).await;
+    let m = bench.converge(started, before, hints_for_n3).await;
     runs.push(bench.report("kill", written_during, &m, full));
 
     progress("wipe run: n3's data directory deleted");
@@ -430,11 +468,11 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
     let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
     let total = bench.written;
     let full = total as f64 * per_key;
-    let bytes0 = peer_bytes(ns);
+    let before = (peer_bytes(ns), traffic_by_kind(cluster));
     let started = Instant::now();
     let _n3_again = cluster.start_node("n3");
     let m = bench
-        .converge(started, bytes0, |statuses| {
+        .converge(started, before, |statuses| {
             // What n3 lacks: every key, less those anti-entropy restored on it since restart.
             let restored = statuses
                 .get(2)

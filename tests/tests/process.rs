@@ -5,7 +5,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use shoal_tests::{DevCluster, alive, http_get, send_signal, shoal_bin, wait_until};
+use shoal_tests::{DevCluster, alive, http_get, metric_sample, send_signal, shoal_bin, wait_until};
 
 /// Generous: SWIM needs a few probe rounds and suspicion timeouts, and CI machines are slow.
 const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(90);
@@ -158,15 +158,6 @@ fn dev_cluster_stops_on_sigterm_and_restarts_from_its_directory() {
     }
 }
 
-/// The value of the Prometheus sample whose line starts with `series`.
-fn sample(metrics: &str, series: &str) -> Option<f64> {
-    metrics
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
-
 /// A real node's admin endpoint: `/health` is 200, and `/metrics` counts requests and
 /// latencies, and grows its store figures, after data commands.
 #[test]
@@ -183,7 +174,7 @@ fn admin_endpoint_reports_health_and_metrics_that_move() {
     assert_eq!(status, 200);
     let updates = r#"shoal_requests_total{op="update",outcome="ok"}"#;
     let latency = r#"shoal_request_duration_seconds_count{op="update"}"#;
-    assert_eq!(sample(&before, updates), None);
+    assert_eq!(metric_sample(&before, updates), None);
     for i in 0..3 {
         let out = Command::new(shoal_bin())
             .args(["counter", "incr", &format!("k{i}"), "--w", "1", "--cluster"])
@@ -197,15 +188,18 @@ fn admin_endpoint_reports_health_and_metrics_that_move() {
         );
     }
     let (_, after) = http_get(admin, "/metrics").unwrap();
-    assert_eq!(sample(&after, updates), Some(3.0), "{after}");
-    assert_eq!(sample(&after, latency), Some(3.0), "{after}");
+    assert_eq!(metric_sample(&after, updates), Some(3.0), "{after}");
+    assert_eq!(metric_sample(&after, latency), Some(3.0), "{after}");
     assert!(
-        sample(&after, "shoal_store_keys").unwrap_or(0.0) >= 1.0,
+        metric_sample(&after, "shoal_store_keys").unwrap_or(0.0) >= 1.0,
         "{after}"
     );
     assert!(
-        sample(&after, "shoal_store_bytes").unwrap_or(0.0) > 0.0,
+        metric_sample(&after, "shoal_store_bytes").unwrap_or(0.0) > 0.0,
         "{after}"
     );
-    assert_eq!(sample(&after, r#"shoal_members{state="alive"}"#), Some(1.0));
+    assert_eq!(
+        metric_sample(&after, r#"shoal_members{state="alive"}"#),
+        Some(1.0)
+    );
 }

@@ -104,14 +104,16 @@ pub enum PeerRequest {
         /// Tracing id.
         id: RequestId,
     },
-    /// Anti-entropy: the roots of your trees of these partitions (one request per peer and
-    /// round, so partitions that agree cost 16 bytes each). Answered with
-    /// [`PeerResponse::Roots`], one root per partition, in order.
+    /// Anti-entropy: compare the roots of your trees of these partitions with mine (one
+    /// request per peer and round). Answered with [`PeerResponse::Roots`]: nothing more when
+    /// `summary` matches the receiver's own, else one root per partition, in order.
     AeRoots {
         /// Tracing id.
         id: RequestId,
-        /// Partitions (at most 65536).
-        partitions: Vec<u32>,
+        /// The partitions, as a [`partition_bitmap`](crate::antientropy::partition_bitmap).
+        partitions: Vec<u8>,
+        /// The asker's [`roots_summary`](crate::antientropy::roots_summary) of them.
+        summary: u128,
     },
     /// Anti-entropy: the hashes of the children of `nodes` at `level` of your tree of
     /// `partition`. Answered with [`PeerResponse::Hashes`].
@@ -145,6 +147,19 @@ pub enum PeerRequest {
         /// Storage keys (at most [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP)).
         keys: Vec<Vec<u8>>,
     },
+    /// Anti-entropy: every record of leaves `first..=last` of `partition` (the asker has none
+    /// of them). Answered with [`PeerResponse::LeafRecords`], at most
+    /// [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP) records (whole leaves) at a time.
+    AeFetchLeaves {
+        /// Tracing id.
+        id: RequestId,
+        /// The partition.
+        partition: u32,
+        /// First leaf.
+        first: u16,
+        /// Last leaf (inclusive).
+        last: u16,
+    },
     /// Anti-entropy: merge these records of `partition`. Answered with
     /// [`PeerResponse::Stored`] once durable.
     AePush {
@@ -172,7 +187,26 @@ impl PeerRequest {
             | PeerRequest::AeHashes { id, .. }
             | PeerRequest::AeLeafKeys { id, .. }
             | PeerRequest::AeFetch { id, .. }
+            | PeerRequest::AeFetchLeaves { id, .. }
             | PeerRequest::AePush { id, .. } => *id,
+        }
+    }
+
+    /// The request's kind, as the `kind` label of the peer traffic metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PeerRequest::Replicate { .. } => "replicate",
+            PeerRequest::Read { .. } => "read",
+            PeerRequest::DeliverHints { .. } => "deliver_hints",
+            PeerRequest::ForwardUpdate { .. } => "forward_update",
+            PeerRequest::ForwardGet { .. } => "forward_get",
+            PeerRequest::PullCluster { .. } => "pull_cluster",
+            PeerRequest::AeRoots { .. } => "ae_roots",
+            PeerRequest::AeHashes { .. } => "ae_hashes",
+            PeerRequest::AeLeafKeys { .. } => "ae_leaf_keys",
+            PeerRequest::AeFetch { .. } => "ae_fetch",
+            PeerRequest::AeFetchLeaves { .. } => "ae_fetch_leaves",
+            PeerRequest::AePush { .. } => "ae_push",
         }
     }
 }
@@ -211,15 +245,28 @@ pub enum PeerResponse {
     Cluster(Vec<u8>),
     /// Tree hashes (answer to `AeHashes`).
     Hashes(Vec<u128>),
-    /// Partition roots (answer to `AeRoots`), and whether the answering node is delivering
-    /// hints to the asker right now: then hinted handoff is repairing the asker and
-    /// anti-entropy with this peer waits, so the two do not send the same keys.
+    /// Answer to `AeRoots`. When hinted handoff is repairing one of the two (the answering node
+    /// is delivering hints to the asker, or is receiving hints from anyone), anti-entropy
+    /// with it waits, so the two do not send the same keys; no roots are sent then.
     Roots {
-        /// One root per asked partition, in order.
+        /// One root per asked partition, in order; empty when the summaries matched (every
+        /// root is equal) or when `handoff_running`.
         roots: Vec<u128>,
-        /// A handoff session from the answering node to the asker is running.
-        handoff_to_you: bool,
+        /// Hinted handoff to or from the answering node is running: compare later.
+        handoff_running: bool,
     },
+    /// Records of whole leaves (answer to `AeFetchLeaves`): `(key, record bytes)`, and the
+    /// first leaf not sent yet when the answer stopped early.
+    LeafRecords {
+        /// The records.
+        records: Vec<(Vec<u8>, Vec<u8>)>,
+        /// Ask again from this leaf.
+        next: Option<u16>,
+    },
+    /// The partition is being repaired with another peer right now (anti-entropy repairs one
+    /// partition of a node with one peer at a time, so a key is not received twice): try it
+    /// in a later round.
+    Busy,
     /// `(key, value hash)` of the asked leaves (answer to `AeLeafKeys`).
     LeafKeys(Vec<(Vec<u8>, u128)>),
     /// `(key, record bytes)` of the asked keys the receiver has (answer to `AeFetch`).

@@ -10,11 +10,20 @@
 //! - **Adaptive interval.** After a round that repaired something the next comes after half
 //!   the previous interval (at least `ae_min_interval`); after a round that found nothing,
 //!   after twice it (at most `ae_max_interval`).
-//! - **Handoff first.** While either side runs a handoff session to the other, their
-//!   comparison waits (the roots answer says whether the peer is delivering hints to the
-//!   asker): hinted handoff is already sending those keys, and anti-entropy would send them
-//!   twice. A session ends when its hints are delivered or a delivery fails, so this never
-//!   blocks anti-entropy for long.
+//! - **Cheap when equal.** The roots request names the shared partitions as a bitmap and
+//!   carries a summary hash of the asker's roots; when the peer's summary matches, the answer
+//!   carries no roots. An idle round costs a few dozen bytes per peer.
+//! - **Handoff first.** While hinted handoff runs between the two, or into either of them
+//!   from anyone (a node that stored delivered hints within the last second), their
+//!   comparison waits: hinted handoff is already sending those keys, and anti-entropy would
+//!   send them twice. A round woken by a member coming back starts after a short grace
+//!   (half of `ae_min_interval`), so the hint holders' handoff is under way when the roots
+//!   are compared. A round that waited is followed by the next one after
+//!   `ae_min_interval`.
+//! - **One repair per partition at a time.** Each step of an exchange claims its partition on
+//!   both nodes ([`Shared::ae_claim`]); a node answers `Busy` for a partition another peer
+//!   is repairing with it, and the asker tries it in a later round. So a replica that lacks
+//!   keys several peers have (a wiped disk) receives each of them once.
 //! - **Pause.** [`Node::pause_anti_entropy`](super::Node::pause_anti_entropy) (the admin
 //!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed; a round
 //!   in progress finishes.
@@ -31,7 +40,9 @@ use shoal_storage::Store;
 use tokio::sync::mpsc;
 
 use super::shared::{Class, Shared, blocking};
-use crate::antientropy::{AeEffect, Exchange, ExchangeReport};
+use crate::antientropy::{
+    AeEffect, Exchange, ExchangeReport, KEYS_PER_STEP, partition_bitmap, roots_summary,
+};
 use crate::request::message::{PeerRequest, PeerResponse, record_from_wire};
 use crate::transport::Transport;
 
@@ -75,14 +86,18 @@ pub(crate) async fn run<T: Transport, S: Store>(
                 }
                 // Several members may come up together: one round covers them all.
                 while wake.try_recv().is_ok() {}
+                // Let the hint holders' handoff to a member that came back start first.
+                tokio::time::sleep(config.ae_min_interval / 2).await;
             }
         }
         if shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {
             due = tokio::time::Instant::now() + config.ae_min_interval;
             continue;
         }
-        let repaired = round(&shared, &mut pacer).await;
-        interval = if repaired > 0 {
+        let (repaired, waited) = round(&shared, &mut pacer).await;
+        interval = if waited {
+            config.ae_min_interval
+        } else if repaired > 0 {
             (interval / 2).max(config.ae_min_interval)
         } else {
             (interval * 2).min(config.ae_max_interval)
@@ -91,11 +106,16 @@ pub(crate) async fn run<T: Transport, S: Store>(
     }
 }
 
-/// One pass over every partition this node is a primary of; returns the keys that moved.
+/// One pass over every partition this node is a primary of; returns the keys that moved, and
+/// whether some comparison waited (for hinted handoff, or a partition busy with another
+/// peer).
 ///
 /// Per peer, one `AeRoots` request compares the roots of every partition the two share; only
 /// partitions whose roots differ get an [`Exchange`].
-async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut Pacer) -> u64 {
+async fn round<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &mut Pacer,
+) -> (u64, bool) {
     let view = shared.view();
     // Per peer, the shared partitions and both positions in their primaries.
     let mut shared_with: BTreeMap<MemberId, Vec<(u32, usize, usize)>> = BTreeMap::new();
@@ -121,11 +141,24 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
                 .push((p, mine, theirs));
         }
     }
-    let mut moved = 0;
+    let (mut moved, mut waited) = (0, false);
     for (peer, partitions) in &shared_with {
+        // Hinted handoff is repairing one of us: let it finish first, so the same keys are
+        // not sent twice.
+        if shared.handoff_active(peer.as_str()) || shared.receiving_hints() {
+            tracing::debug!(%peer, "anti-entropy waits for hinted handoff");
+            incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
+            waited = true;
+            continue;
+        }
+        let ids: Vec<u32> = partitions.iter().map(|(p, _, _)| *p).collect();
+        let ours: Vec<u128> =
+            blocking(|| ids.iter().map(|&p| shared.engine.merkle_root(p)).collect());
+        let bitmap = partition_bitmap(&ids);
         let request = PeerRequest::AeRoots {
             id: shared.next_request_id(),
-            partitions: partitions.iter().map(|(p, _, _)| *p).collect(),
+            summary: roots_summary(ids.iter().copied().zip(ours.iter().copied())),
+            partitions: bitmap,
         };
         let timeout = shared.config.background_timeout;
         let roots = match shared
@@ -133,30 +166,34 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
             .await
         {
             Ok(PeerResponse::Roots {
-                roots,
-                handoff_to_you,
-            }) if roots.len() == partitions.len() => {
-                // Hinted handoff is repairing one of us: let it finish first, so the same keys
-                // are not sent twice.
-                let ours = shared.handoff_active(peer.as_str());
-                if handoff_to_you || ours {
-                    tracing::debug!(%peer, handoff_to_you, ours, "anti-entropy waits for hinted handoff");
-                    incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
-                    continue;
-                }
-                roots
+                handoff_running: true,
+                ..
+            }) => {
+                tracing::debug!(%peer, "anti-entropy waits for the peer's hinted handoff");
+                incomplete.extend(ids);
+                waited = true;
+                continue;
             }
+            Ok(PeerResponse::Roots { roots, .. }) if roots.is_empty() => ours.clone(),
+            Ok(PeerResponse::Roots { roots, .. }) if roots.len() == partitions.len() => roots,
             other => {
                 tracing::debug!(%peer, error = %describe(other), "anti-entropy roots not compared");
-                incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
+                incomplete.extend(ids);
                 continue;
             }
         };
         shared
             .metrics
-            .ae_exchange(4 * partitions.len() as u64, 16 * roots.len() as u64);
-        for (&(p, mine, theirs), theirs_root) in partitions.iter().zip(roots) {
-            if blocking(|| shared.engine.merkle_root(p)) == theirs_root {
+            .ae_exchange(16 + ids.len() as u64 / 8, 16 * roots.len() as u64);
+        for ((&(p, mine, theirs), theirs_root), our_root) in partitions.iter().zip(roots).zip(&ours)
+        {
+            if *our_root == theirs_root {
+                continue;
+            }
+            if !shared.ae_claim(p, peer.as_str()) {
+                // Being repaired with another peer right now: a later round compares it.
+                incomplete.insert(p);
+                waited = true;
                 continue;
             }
             // A key belongs on the first N primaries of its keyspace only.
@@ -167,9 +204,11 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
             let wanted =
                 |key: &[u8], to_peer: bool| belongs(key, if to_peer { theirs } else { mine });
             let report = exchange(shared, pacer, p, peer, &wanted).await;
+            shared.ae_release(p, peer.as_str());
             moved += report.keys_fetched + report.keys_pushed;
             if !report.complete {
                 incomplete.insert(p);
+                waited |= report.error.as_deref() == Some(BUSY);
             }
             if let Some(error) = &report.error {
                 tracing::debug!(partition = p, %peer, %error, "anti-entropy exchange stopped");
@@ -184,8 +223,11 @@ async fn round<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, pacer: &mut P
     if moved > 0 {
         tracing::info!(keys = moved, "anti-entropy repaired differing keys");
     }
-    moved
+    (moved, waited)
 }
+
+/// The error of an exchange the peer answered `Busy` to.
+const BUSY: &str = "partition busy with another peer";
 
 /// Runs one exchange of `partition` with `peer` to its end.
 /// `wanted(key, to_peer)` says whether a key may be copied to the peer (`true`) or here.
@@ -207,6 +249,10 @@ async fn exchange<T: Transport, S: Store>(
             return ExchangeReport::default();
         };
         let id = shared.next_request_id();
+        if !matches!(effect, AeEffect::Done(_)) && !shared.ae_claim(partition, peer.as_str()) {
+            x.handle_error(BUSY.into());
+            continue;
+        }
         match effect {
             AeEffect::AskHashes { level, nodes } => {
                 sent += 4 * nodes.len() as u64;
@@ -255,6 +301,26 @@ async fn exchange<T: Transport, S: Store>(
                     }
                     (Err(e), _) => x.handle_error(format!("local leaf keys: {e}")),
                     (_, other) => x.handle_error(describe(other)),
+                }
+            }
+            AeEffect::PushLeaves { first, last } => {
+                match push_leaves(shared, pacer, partition, peer, (first, last), wanted).await {
+                    Ok((keys, bytes)) => {
+                        sent += bytes;
+                        pushed += keys;
+                        x.handle_transferred(keys);
+                    }
+                    Err(e) => x.handle_error(e),
+                }
+            }
+            AeEffect::FetchLeaves { first, last } => {
+                match fetch_leaves(shared, pacer, partition, peer, (first, last), wanted).await {
+                    Ok((keys, bytes)) => {
+                        received += bytes;
+                        fetched += keys;
+                        x.handle_transferred(keys);
+                    }
+                    Err(e) => x.handle_error(e),
                 }
             }
             AeEffect::Repair {
@@ -316,17 +382,7 @@ async fn repair<T: Transport, S: Store>(
         let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
         received += bytes as u64;
         pacer.take(records.len(), bytes).await;
-        let items = records
-            .into_iter()
-            .map(|(key, bytes)| Ok((partition, key, record_from_wire(bytes)?)))
-            .collect::<Result<Vec<_>, crate::codec::CodecError>>()
-            .map_err(|e| format!("peer sent a bad record: {e}"))?;
-        let results = blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
-        let changed = results
-            .iter()
-            .filter(|r| r.as_ref().is_ok_and(|w| w.changed))
-            .count();
-        shared.metrics.ae_merged(changed as u64);
+        merge_records(shared, partition, records, &|_, _| true)?;
     }
     if !push.is_empty() {
         let records = blocking(|| {
@@ -338,25 +394,134 @@ async fn repair<T: Transport, S: Store>(
                 })
                 .collect::<Vec<_>>()
         });
-        if !records.is_empty() {
-            let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
-            pacer.take(records.len(), bytes).await;
-            sent += bytes as u64;
-            let request = PeerRequest::AePush {
-                id: shared.next_request_id(),
-                partition,
-                records,
-            };
-            match shared
-                .call(peer, &request, timeout, Class::Background)
-                .await
-            {
-                Ok(PeerResponse::Stored) => {}
-                other => return Err(describe(other)),
-            }
-        }
+        sent += push_records(shared, pacer, partition, peer, records).await?;
     }
     Ok((sent, received))
+}
+
+/// Pushes `records` of `partition` to the peer (none: nothing sent) within the budget; returns
+/// the payload bytes sent.
+async fn push_records<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &mut Pacer,
+    partition: u32,
+    peer: &MemberId,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+) -> Result<u64, String> {
+    if records.is_empty() {
+        return Ok(0);
+    }
+    let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
+    pacer.take(records.len(), bytes).await;
+    let request = PeerRequest::AePush {
+        id: shared.next_request_id(),
+        partition,
+        records,
+    };
+    match shared
+        .call(
+            peer,
+            &request,
+            shared.config.background_timeout,
+            Class::Background,
+        )
+        .await
+    {
+        Ok(PeerResponse::Stored) => Ok(bytes as u64),
+        other => Err(describe(other)),
+    }
+}
+
+/// Sends the peer every local record of `leaves` (it has none of them), in batches; returns
+/// the records sent and their bytes.
+async fn push_leaves<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &mut Pacer,
+    partition: u32,
+    peer: &MemberId,
+    (mut first, last): (u16, u16),
+    wanted: &impl Fn(&[u8], bool) -> bool,
+) -> Result<(u64, u64), String> {
+    let (mut keys, mut sent) = (0u64, 0u64);
+    loop {
+        let (mut records, next) = blocking(|| {
+            shared
+                .engine
+                .leaf_records(partition, first, last, KEYS_PER_STEP)
+        })
+        .map_err(|e| format!("local records: {e}"))?;
+        records.retain(|(k, _)| wanted(k, true));
+        keys += records.len() as u64;
+        sent += push_records(shared, pacer, partition, peer, records).await?;
+        match next {
+            Some(leaf) => first = leaf,
+            None => return Ok((keys, sent)),
+        }
+    }
+}
+
+/// Fetches every record of `leaves` from the peer (this node has none of them) and merges
+/// them, in batches; returns the records merged and the bytes received.
+async fn fetch_leaves<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &mut Pacer,
+    partition: u32,
+    peer: &MemberId,
+    (mut first, last): (u16, u16),
+    wanted: &impl Fn(&[u8], bool) -> bool,
+) -> Result<(u64, u64), String> {
+    let timeout = shared.config.background_timeout;
+    let (mut keys, mut received) = (0u64, 0u64);
+    loop {
+        let request = PeerRequest::AeFetchLeaves {
+            id: shared.next_request_id(),
+            partition,
+            first,
+            last,
+        };
+        let (records, next) = match shared
+            .call(peer, &request, timeout, Class::Background)
+            .await
+        {
+            Ok(PeerResponse::LeafRecords { records, next })
+                if next.is_none_or(|n| n > first && n <= last) =>
+            {
+                (records, next)
+            }
+            other => return Err(describe(other)),
+        };
+        let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
+        received += bytes as u64;
+        pacer.take(records.len(), bytes).await;
+        keys += merge_records(shared, partition, records, wanted)?;
+        match next {
+            Some(leaf) => first = leaf,
+            None => return Ok((keys, received)),
+        }
+    }
+}
+
+/// Checks and merges records a peer sent for `partition` (those `wanted` here); returns how
+/// many were merged.
+fn merge_records<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    partition: u32,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    wanted: &impl Fn(&[u8], bool) -> bool,
+) -> Result<u64, String> {
+    let items = records
+        .into_iter()
+        .filter(|(key, _)| wanted(key, false))
+        .map(|(key, bytes)| Ok((partition, key, record_from_wire(bytes)?)))
+        .collect::<Result<Vec<_>, crate::codec::CodecError>>()
+        .map_err(|e| format!("peer sent a bad record: {e}"))?;
+    let results = blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
+    let changed = results
+        .iter()
+        .filter(|r| r.as_ref().is_ok_and(|w| w.changed))
+        .count();
+    shared.metrics.ae_merged(changed as u64);
+    Ok(items.len() as u64)
 }
 
 /// The keyspace of a storage key (`len ‖ keyspace ‖ key`).
@@ -367,6 +532,7 @@ fn keyspace_of(storage_key: &[u8]) -> Option<&str> {
 
 fn describe(answer: Result<PeerResponse, super::shared::CallError>) -> String {
     match answer {
+        Ok(PeerResponse::Busy) => BUSY.to_owned(),
         Ok(other) => format!("unexpected answer {other:?}"),
         Err(e) => e.message,
     }

@@ -236,11 +236,14 @@ async fn drive_update<T: Transport, S: Store>(
                     };
                     let (shared2, tx) = (shared.clone(), results_tx.clone());
                     let timeout = remaining(&shared, deadline);
+                    let key2 = key.clone();
+                    shared.set_replicating(&target.node, partition, &key2, true);
                     shared.spawn(async move {
                         let result = shared2
                             .call(&target.node, &request, timeout, Class::Foreground)
                             .await
                             .and_then(expect_stored);
+                        shared2.set_replicating(&target.node, partition, &key2, false);
                         let _ = tx.send((target.node, result));
                     });
                 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use shoal_membership::NodeId as MemberId;
 use shoal_storage::Store;
@@ -106,6 +107,14 @@ fn pump<T: Transport, S: Store>(
                     });
                 session.handle_page(page);
             }
+            // Its update is on its way by the coordinator's own `Replicate` (a partition just
+            // healed): that one confirms it and deletes the hint; sending it too would send
+            // it twice.
+            HandoffEffect::Deliver { hint }
+                if shared.is_replicating(target, hint.partition, &hint.key) =>
+            {
+                session.handle_skipped(hint.partition, &hint.key);
+            }
             HandoffEffect::Deliver { hint } => batch.push(hint),
             HandoffEffect::Remove {
                 partition,
@@ -146,7 +155,16 @@ fn pump<T: Transport, S: Store>(
         });
     }
     if session.is_finished() {
-        tracing::debug!(%target, delivered = session.delivered(), failed = session.failed(), "handoff pass done");
+        tracing::debug!(%target, delivered = session.delivered(), skipped = session.skipped(), failed = session.failed(), "handoff pass done");
+        if session.skipped() > 0 && !session.failed() {
+            // Look again once those replications are answered: if one failed, its hint is
+            // still here to deliver.
+            let (shared2, target2) = (shared.clone(), target.clone());
+            shared.spawn(async move {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let _ = shared2.handoff_wake.try_send(target2);
+            });
+        }
         sessions.remove(target);
         shared.set_handoff_active(target, false);
         // Anti-entropy with the target waited for this session; it may compare now.

@@ -17,6 +17,7 @@
 //! | `hints_stored_total`, `hints_delivered_total`, `read_repairs_total` | | |
 //! | `store_keys`, `store_bytes` | | the store's estimates |
 //! | `rpc_errors_total` | `peer`, `kind` (busy, unreachable, timeout, connection_lost, rejected, bad_response, other) | failed peer RPCs |
+//! | `peer_bytes_sent_total` | `kind` (swim, or the RPC: replicate, read, deliver_hints, forward_update, forward_get, pull_cluster, ae_roots, ae_hashes, ae_leaf_keys, ae_fetch, ae_push) | message bytes this node sent peers: SWIM datagrams, the requests it made and the responses it gave (so each byte between nodes is counted once, by its sender; transport framing, QUIC and TLS not included) |
 //! | `peer_queue_depth` | `peer`, `class` (foreground, background) | RPCs in flight or waiting per peer |
 //! | `in_flight_requests` | | coordinators running |
 //! | `ae_exchanges_total`, `ae_keys_repaired_total`, `ae_bytes_sent_total`, `ae_bytes_received_total` | | anti-entropy |
@@ -68,6 +69,11 @@ pub(crate) struct PeerKindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KindLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct PartitionLabels {
     pub(crate) partition: u32,
 }
@@ -102,6 +108,7 @@ pub(crate) struct Metrics {
     rpc_errors: Family<PeerKindLabels, Counter>,
     /// The sum of `rpc_errors` (not exported: Prometheus sums the family itself).
     rpc_error_total: Counter,
+    peer_bytes: Family<KindLabels, Counter>,
     pub(crate) members: Family<StateLabels, Gauge>,
     pub(crate) hint_keys: Family<TargetLabels, Gauge>,
     pub(crate) hint_oldest: Family<TargetLabels, Gauge<f64, AtomicU64>>,
@@ -131,6 +138,7 @@ impl Default for Metrics {
             incarnation_changes: Counter::default(),
             rpc_errors: Family::default(),
             rpc_error_total: Counter::default(),
+            peer_bytes: Family::default(),
             members: Family::default(),
             hint_keys: Family::default(),
             hint_oldest: Family::default(),
@@ -198,6 +206,11 @@ impl Default for Metrics {
             "rpc_errors",
             "Failed peer RPCs by peer and kind",
             m.rpc_errors.clone(),
+        );
+        r.register(
+            "peer_bytes_sent",
+            "Message bytes sent to peers by kind (SWIM, or the RPC a request or response belongs to)",
+            m.peer_bytes.clone(),
         );
         r.register(
             "members",
@@ -349,6 +362,13 @@ impl Metrics {
     }
 
     /// A peer RPC to `peer` failed with `kind`.
+    /// `bytes` of a message of `kind` sent to a peer.
+    pub(crate) fn peer_bytes_sent(&self, kind: &'static str, bytes: usize) {
+        self.peer_bytes
+            .get_or_create(&KindLabels { kind })
+            .inc_by(bytes as u64);
+    }
+
     pub(crate) fn rpc_error(&self, peer: &str, kind: &'static str) {
         self.rpc_error_total.inc();
         self.rpc_errors

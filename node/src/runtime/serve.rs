@@ -39,7 +39,7 @@ async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: Incomin
         Ok(request) => request,
         Err(e) => return rpc.reject(format!("malformed request: {e}")),
     };
-    let id = request.id();
+    let (id, kind) = (request.id(), request.kind());
     tracing::Span::current().record("request", tracing::field::display(id));
     let answer = if matches!(
         request,
@@ -55,7 +55,10 @@ async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: Incomin
         serve(shared, &rpc.from.id, request).await
     };
     match answer.and_then(|a| message::encode_response(&a).map_err(|e| e.to_string())) {
-        Ok(bytes) => rpc.respond(Bytes::from(bytes)),
+        Ok(bytes) => {
+            shared.metrics.peer_bytes_sent(kind, bytes.len());
+            rpc.respond(Bytes::from(bytes))
+        }
         Err(e) => {
             tracing::debug!(%id, from = %rpc.from.id, error = %e, "request refused");
             rpc.reject(e);
@@ -69,6 +72,11 @@ async fn serve<T: Transport, S: Store>(
     request: PeerRequest,
 ) -> Result<PeerResponse, String> {
     let id = request.id();
+    if let Some(partition) = exchange_partition(&request)
+        && !shared.ae_claim(partition, from.as_str())
+    {
+        return Ok(PeerResponse::Busy);
+    }
     match request {
         PeerRequest::Replicate {
             partition,
@@ -105,6 +113,7 @@ async fn serve<T: Transport, S: Store>(
                 .map_err(|e| e.to_string())?;
             let results =
                 blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
+            shared.hints_received();
             match results.into_iter().find_map(Result::err) {
                 Some(e) => Err(format!("a hint did not merge: {e}")),
                 None => Ok(PeerResponse::Stored),
@@ -132,19 +141,31 @@ async fn serve<T: Transport, S: Store>(
                     .map_err(to_wire),
             ))
         }
-        PeerRequest::AeRoots { partitions, .. } => {
-            if partitions.len() > 65_536 {
-                return Err(format!("{} partitions asked", partitions.len()));
+        PeerRequest::AeRoots {
+            partitions,
+            summary,
+            ..
+        } => {
+            let partitions = crate::antientropy::bitmap_partitions(&partitions)
+                .ok_or("partition bitmap too long")?;
+            if shared.handoff_active(from.as_str()) || shared.receiving_hints() {
+                return Ok(PeerResponse::Roots {
+                    roots: Vec::new(),
+                    handoff_running: true,
+                });
             }
-            let roots = blocking(|| {
+            let roots: Vec<u128> = blocking(|| {
                 partitions
                     .iter()
                     .map(|&p| shared.engine.merkle_root(p))
                     .collect()
             });
+            let ours = crate::antientropy::roots_summary(
+                partitions.iter().copied().zip(roots.iter().copied()),
+            );
             Ok(PeerResponse::Roots {
-                roots,
-                handoff_to_you: shared.handoff_active(from.as_str()),
+                roots: if ours == summary { Vec::new() } else { roots },
+                handoff_running: false,
             })
         }
         PeerRequest::AeHashes {
@@ -204,6 +225,26 @@ async fn serve<T: Transport, S: Store>(
             });
             Ok(PeerResponse::Records(records))
         }
+        PeerRequest::AeFetchLeaves {
+            partition,
+            first,
+            last,
+            ..
+        } => {
+            if first > last || last as usize >= shoal_storage::merkle::LEAVES {
+                return Err(format!("leaf range {first}..={last} out of range"));
+            }
+            blocking(|| {
+                shared.engine.leaf_records(
+                    partition,
+                    first,
+                    last,
+                    crate::antientropy::KEYS_PER_STEP,
+                )
+            })
+            .map(|(records, next)| PeerResponse::LeafRecords { records, next })
+            .map_err(|e| e.to_string())
+        }
         PeerRequest::AePush {
             partition, records, ..
         } => {
@@ -249,6 +290,19 @@ async fn serve<T: Transport, S: Store>(
                     .map_err(to_wire),
             ))
         }
+    }
+}
+
+/// The partition of a step of an anti-entropy exchange (which claims it, see
+/// [`Shared::ae_claim`]).
+fn exchange_partition(request: &PeerRequest) -> Option<u32> {
+    match request {
+        PeerRequest::AeHashes { partition, .. }
+        | PeerRequest::AeLeafKeys { partition, .. }
+        | PeerRequest::AeFetch { partition, .. }
+        | PeerRequest::AeFetchLeaves { partition, .. }
+        | PeerRequest::AePush { partition, .. } => Some(*partition),
+        _ => None,
     }
 }
 

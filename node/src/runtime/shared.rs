@@ -21,6 +21,14 @@ use crate::request::RequestId;
 use crate::request::message::{self, PeerRequest, PeerResponse};
 use crate::transport::{Peer, Transport, TransportError};
 
+/// `(target, partition, storage key)`.
+type TargetKey = (MemberId, u32, Vec<u8>);
+
+/// How long an anti-entropy claim of a partition lasts without a step that renews it.
+pub(crate) const AE_CLAIM: Duration = Duration::from_secs(2);
+/// A node that stored delivered hints within this long counts as receiving hinted handoff.
+pub(crate) const HINTS_RECENT: Duration = Duration::from_secs(1);
+
 /// Which budget of a peer an RPC uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -182,6 +190,15 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     failed_peers: Mutex<std::collections::HashSet<MemberId>>,
     /// Targets a handoff session is delivering hints to right now.
     handoff_active: Mutex<std::collections::HashSet<MemberId>>,
+    /// `(target, partition, key)` a coordinator's `Replicate` is carrying right now, with how
+    /// many: handoff leaves their hints alone meanwhile (the coordinator deletes them when the
+    /// target confirms), so an update is not sent twice after a short partition.
+    replicating: Mutex<HashMap<TargetKey, usize>>,
+    /// Anti-entropy claims: partition → the peer it is being repaired with, until when (on
+    /// [`now`](Self::now)'s clock). See [`ae_claim`](Self::ae_claim).
+    ae_claims: Mutex<HashMap<u32, (String, Duration)>>,
+    /// When this node last stored hints delivered to it.
+    hints_received: Mutex<Option<Duration>>,
     /// Whether anti-entropy rounds are paused (an operator's switch, for measurements).
     pub(crate) ae_paused: std::sync::atomic::AtomicBool,
     pub(crate) swim_commands: mpsc::Sender<Command>,
@@ -235,6 +252,9 @@ impl<T: Transport, S: Store> Shared<T, S> {
             ae_paused: std::sync::atomic::AtomicBool::new(false),
             handoff_active: Mutex::new(std::collections::HashSet::new()),
             failed_peers: Mutex::new(std::collections::HashSet::new()),
+            replicating: Mutex::new(HashMap::new()),
+            ae_claims: Mutex::new(HashMap::new()),
+            hints_received: Mutex::new(None),
             swim_commands,
             dedup: Dedup::new(),
             incarnation: AtomicU64::new(0),
@@ -429,6 +449,80 @@ impl<T: Transport, S: Store> Shared<T, S> {
         }
     }
 
+    /// Marks `(target, partition, key)` as carried by a `Replicate` (`started`), or one such
+    /// `Replicate` as answered.
+    pub(crate) fn set_replicating(
+        &self,
+        target: &MemberId,
+        partition: u32,
+        key: &[u8],
+        started: bool,
+    ) {
+        let mut map = self.replicating.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = (target.clone(), partition, key.to_vec());
+        if started {
+            *map.entry(entry).or_insert(0) += 1;
+        } else if let Some(n) = map.get_mut(&entry) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&entry);
+            }
+        }
+    }
+
+    /// Whether a coordinator's `Replicate` of `(partition, key)` to `target` is in flight.
+    pub(crate) fn is_replicating(&self, target: &MemberId, partition: u32, key: &[u8]) -> bool {
+        self.replicating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(&(target.clone(), partition, key.to_vec()))
+    }
+
+    /// Claims `partition` for an anti-entropy exchange with `peer` (as either side) for the
+    /// next [`AE_CLAIM`]; false while another peer's exchange holds it. Every step of an
+    /// exchange renews its claim, so a replica is repaired for one partition by one peer at a
+    /// time and receives each missing key once, however many peers have it.
+    pub(crate) fn ae_claim(&self, partition: u32, peer: &str) -> bool {
+        let now = self.now();
+        let mut claims = self.ae_claims.lock().unwrap_or_else(|e| e.into_inner());
+        match claims.get(&partition) {
+            Some((holder, until)) if holder != peer && *until > now => false,
+            _ => {
+                claims.insert(partition, (peer.to_owned(), now + AE_CLAIM));
+                true
+            }
+        }
+    }
+
+    /// Ends `peer`'s claim of `partition` (its exchange is over).
+    pub(crate) fn ae_release(&self, partition: u32, peer: &str) {
+        let mut claims = self.ae_claims.lock().unwrap_or_else(|e| e.into_inner());
+        if claims
+            .get(&partition)
+            .is_some_and(|(holder, _)| holder == peer)
+        {
+            claims.remove(&partition);
+        }
+    }
+
+    /// Notes that hints delivered to this node were just stored.
+    pub(crate) fn hints_received(&self) {
+        *self
+            .hints_received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(self.now());
+    }
+
+    /// Whether some node is handing hints off to this one (a delivery arrived within
+    /// [`HINTS_RECENT`]).
+    pub(crate) fn receiving_hints(&self) -> bool {
+        let last = *self
+            .hints_received
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|t| self.now().saturating_sub(t) < HINTS_RECENT)
+    }
+
     /// Whether a handoff session is delivering hints to `target` right now.
     pub(crate) fn handoff_active(&self, target: &str) -> bool {
         self.handoff_active
@@ -587,6 +681,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
         let timeout = timeout.saturating_sub(started.elapsed());
         let body = message::encode_request(request)
             .map_err(|e| ("other", CallError::definite(format!("encode: {e}"))))?;
+        self.metrics.peer_bytes_sent(request.kind(), body.len());
         let response = self
             .transport
             .rpc(&peer, Bytes::from(body), timeout)

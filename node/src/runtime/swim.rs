@@ -161,6 +161,7 @@ fn send<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, transmit: Transmit) 
         None => shared.peer_by_addr(transmit.to),
     };
     let payload = Bytes::from(transmit.payload);
+    shared.metrics.peer_bytes_sent("swim", payload.len());
     match peer {
         Some(peer) => {
             if let Err(e) = shared.transport.send_datagram(&peer, payload) {

@@ -60,6 +60,8 @@ pub const CLOSE_FORBIDDEN: u32 = 2;
 pub const STREAM_MALFORMED: u32 = 1;
 /// Stream reset code: the handler dropped the request without answering.
 pub const STREAM_UNANSWERED: u32 = 2;
+/// Stream reset code: the caller stopped waiting for the answer (its timeout passed).
+pub const STREAM_CANCELLED: u32 = 3;
 /// Longest rejection reason sent back, in bytes.
 const MAX_REASON_LEN: usize = 1024;
 
@@ -304,16 +306,32 @@ impl QuicTransport {
         }
     }
 
-    async fn rpc_inner(&self, to: &Peer, request: Bytes) -> Result<Bytes, TransportError> {
-        let conn = self
-            .connection(to, true)
-            .await?
-            .expect("waiting dial yields a connection");
-        let (mut send, mut recv) = conn
-            .open_bi()
+    async fn rpc_inner(
+        &self,
+        to: &Peer,
+        request: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, TransportError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let expired = |_| TransportError::Timeout(timeout);
+        let conn = tokio::time::timeout_at(deadline, self.connection(to, true))
             .await
+            .map_err(expired)??
+            .expect("waiting dial yields a connection");
+        let (mut send, mut recv) = tokio::time::timeout_at(deadline, conn.open_bi())
+            .await
+            .map_err(expired)?
             .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
-        exchange(&mut send, &mut recv, &request).await
+        match tokio::time::timeout_at(deadline, exchange(&mut send, &mut recv, &request)).await {
+            Ok(answer) => answer,
+            Err(_) => {
+                // The caller gives up on it: stop retransmitting the request, so a peer that
+                // was cut off does not receive it (and act on it) after the caller has moved
+                // on, for instance to a hint that carries the same update.
+                let _ = send.reset(VarInt::from_u32(STREAM_CANCELLED));
+                Err(TransportError::Timeout(timeout))
+            }
+        }
     }
 }
 
@@ -603,9 +621,7 @@ impl Transport for QuicTransport {
         timeout: Duration,
     ) -> Result<Bytes, TransportError> {
         check_request(&request)?;
-        tokio::time::timeout(timeout, self.rpc_inner(to, request))
-            .await
-            .map_err(|_| TransportError::Timeout(timeout))?
+        self.rpc_inner(to, request, timeout).await
     }
 
     #[tracing::instrument(level = "debug", skip(self))]
