@@ -303,21 +303,23 @@ async fn exchange<T: Transport, S: Store>(
                     (_, other) => x.handle_error(describe(other)),
                 }
             }
-            AeEffect::PushLeaves { first, last } => {
-                match push_leaves(shared, pacer, partition, peer, (first, last), wanted).await {
+            AeEffect::PushLeaves { first, last } | AeEffect::FetchLeaves { first, last } => {
+                let push = matches!(effect, AeEffect::PushLeaves { .. });
+                let leaves = (first, last);
+                let moved = if push {
+                    push_leaves(shared, pacer, partition, peer, leaves, wanted).await
+                } else {
+                    fetch_leaves(shared, pacer, partition, peer, leaves, wanted).await
+                };
+                match moved {
                     Ok((keys, bytes)) => {
-                        sent += bytes;
-                        pushed += keys;
-                        x.handle_transferred(keys);
-                    }
-                    Err(e) => x.handle_error(e),
-                }
-            }
-            AeEffect::FetchLeaves { first, last } => {
-                match fetch_leaves(shared, pacer, partition, peer, (first, last), wanted).await {
-                    Ok((keys, bytes)) => {
-                        received += bytes;
-                        fetched += keys;
+                        let (count, total) = if push {
+                            (&mut pushed, &mut sent)
+                        } else {
+                            (&mut fetched, &mut received)
+                        };
+                        *count += keys;
+                        *total += bytes;
                         x.handle_transferred(keys);
                     }
                     Err(e) => x.handle_error(e),

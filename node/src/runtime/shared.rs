@@ -488,6 +488,11 @@ impl<T: Transport, S: Store> Shared<T, S> {
         match claims.get(&partition) {
             Some((holder, until)) if holder != peer && *until > now => false,
             _ => {
+                // Ended claims are dropped now and then, so the map stays at most the live ones
+                // plus the ring's partitions.
+                if claims.len() >= 4096 {
+                    claims.retain(|_, (_, until)| *until > now);
+                }
                 claims.insert(partition, (peer.to_owned(), now + AE_CLAIM));
                 true
             }
