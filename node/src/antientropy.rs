@@ -42,6 +42,11 @@ use shoal_storage::{MerkleTree, NodeHash, ValueHash};
 pub const LEAVES_PER_STEP: usize = 64;
 /// Keys fetched or pushed per repair round trip.
 pub const KEYS_PER_STEP: usize = 256;
+/// Records one `AePush` may carry: a batch of whole leaves is at most [`KEYS_PER_STEP`]
+/// records, unless a single leaf holds more (a leaf is never split). A leaf holds about
+/// 1/4096 of its partition's keys, so this bound is reached only past 16 million keys in one
+/// partition.
+pub const MAX_PUSH_RECORDS: usize = 16 * KEYS_PER_STEP;
 
 /// An output of an [`Exchange`].
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,6 +1,11 @@
 //! Hinted handoff: delivering the hints this node holds for a primary, as a state machine
 //! without I/O. The runtime's handoff worker starts a [`HandoffSession`] per target when
 //! SWIM reports the target alive again, and periodically for every target with a backlog.
+//!
+//! Hints move in batches: one page read from the store is one delivery (one RPC, one durable
+//! write at the target), and its acknowledgement deletes all of the page's delivered hints in
+//! one write here. A few batches are in flight at once, so reading, sending and deleting
+//! overlap, but never so many that a burst overruns the target's socket buffer.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -9,6 +14,9 @@ use shoal_storage::{Hint, ValueHash};
 
 /// Where a page of hints starts: after this `(partition, key)`.
 pub type Cursor = Option<(u32, Vec<u8>)>;
+
+/// A delivered hint to delete: partition, key, and the delivered record's hash.
+pub type Delivered = (u32, Vec<u8>, ValueHash);
 
 /// An output of a [`HandoffSession`].
 #[derive(Debug, Clone)]
@@ -21,24 +29,23 @@ pub enum HandoffEffect {
         /// Page size.
         limit: usize,
     },
-    /// Send `hint` to the target (the driver sends the `Deliver`s of one poll together, as
-    /// one [`PeerRequest::DeliverHints`](crate::request::PeerRequest)),
-    /// then call [`handle_delivered`](HandoffSession::handle_delivered) or
-    /// [`handle_failed`](HandoffSession::handle_failed).
+    /// Send `hints` to the target as one
+    /// [`PeerRequest::DeliverHints`](crate::request::PeerRequest), then call
+    /// [`handle_delivered`](HandoffSession::handle_delivered) or
+    /// [`handle_failed`](HandoffSession::handle_failed) with `batch`. Hints the driver decides
+    /// not to send are reported first with [`handle_skipped`](HandoffSession::handle_skipped).
     Deliver {
-        /// The hint.
-        hint: Hint,
+        /// The batch's number in this session.
+        batch: u64,
+        /// The hints.
+        hints: Vec<Hint>,
     },
-    /// The target acknowledged: delete the hint if it still holds the delivered state
-    /// (`Engine::remove_hint(target, partition, key, hash)`; a hint merged with newer state
-    /// meanwhile stays for the next session).
+    /// The target acknowledged: delete each hint that still holds the delivered state, in one
+    /// write (`Engine::remove_delivered_hints`; a hint merged with newer state meanwhile stays
+    /// for the next session).
     Remove {
-        /// The hint's partition.
-        partition: u32,
-        /// The hint's key.
-        key: Vec<u8>,
-        /// The delivered record's hash.
-        hash: ValueHash,
+        /// The delivered hints.
+        delivered: Vec<Delivered>,
     },
 }
 
@@ -48,18 +55,21 @@ pub enum HandoffEffect {
 ///
 /// [`new`](Self::new), then drain [`poll_effect`](Self::poll_effect) after every input;
 /// feed pages and delivery answers back. The session pages through the target's hints in
-/// store order with at most `max_in_flight` deliveries outstanding, deletes a hint only after
-/// the target acknowledged it, and stops sending at the first failure (the target is likely
-/// down again; the worker retries later). It is over when
-/// [`is_finished`](Self::is_finished): the last page was read, or a failure happened, and
-/// nothing is in flight.
+/// store order, sends each page as one batch with at most `max_in_flight` batches
+/// outstanding, deletes a batch's hints only after the target acknowledged it, and stops
+/// sending at the first failure (the target is likely down again; the worker retries later).
+/// It is over when [`is_finished`](Self::is_finished): the last page was read, or a failure
+/// happened, and nothing is in flight.
 #[derive(Debug)]
 pub struct HandoffSession {
     target: MemberId,
     page_size: usize,
     max_in_flight: usize,
-    queue: VecDeque<Hint>,
-    in_flight: BTreeMap<(u32, Vec<u8>), ValueHash>,
+    /// Pages read and not yet sent.
+    queue: VecDeque<Vec<Hint>>,
+    /// Batches sent and not yet answered: what deleting each would delete.
+    in_flight: BTreeMap<u64, Vec<Delivered>>,
+    next_batch: u64,
     cursor: Cursor,
     fetching: bool,
     last_page: bool,
@@ -70,8 +80,8 @@ pub struct HandoffSession {
 }
 
 impl HandoffSession {
-    /// A session for `target`, reading `page_size` hints at a time (at least 1) with at most
-    /// `max_in_flight` deliveries outstanding (at least 1).
+    /// A session for `target`, reading and sending `page_size` hints at a time (at least 1)
+    /// with at most `max_in_flight` batches outstanding (at least 1).
     pub fn new(target: MemberId, page_size: usize, max_in_flight: usize) -> Self {
         let mut session = Self {
             target,
@@ -79,6 +89,7 @@ impl HandoffSession {
             max_in_flight: max_in_flight.max(1),
             queue: VecDeque::new(),
             in_flight: BTreeMap::new(),
+            next_batch: 0,
             cursor: None,
             fetching: false,
             last_page: false,
@@ -124,37 +135,38 @@ impl HandoffSession {
         if let Some(last) = hints.last() {
             self.cursor = Some((last.partition, last.key.clone()));
         }
-        self.queue.extend(hints);
+        if !hints.is_empty() {
+            self.queue.push_back(hints);
+        }
         self.pump();
     }
 
-    /// The target acknowledged the hint for `(partition, key)`.
-    pub fn handle_delivered(&mut self, partition: u32, key: &[u8]) {
-        if let Some(hash) = self.in_flight.remove(&(partition, key.to_vec())) {
-            self.delivered += 1;
-            self.effects.push_back(HandoffEffect::Remove {
-                partition,
-                key: key.to_vec(),
-                hash,
-            });
+    /// The target acknowledged `batch`: its hints (less the skipped ones) are deleted.
+    pub fn handle_delivered(&mut self, batch: u64) {
+        if let Some(delivered) = self.in_flight.remove(&batch) {
+            self.delivered += delivered.len() as u64;
+            if !delivered.is_empty() {
+                self.effects.push_back(HandoffEffect::Remove { delivered });
+            }
             self.pump();
         }
     }
 
-    /// The hint for `(partition, key)` was not sent: its update is still on its way to the
-    /// target by the coordinator's own replication, which deletes the hint once the target
-    /// confirms. The hint is kept (a later session delivers it if that replication fails), and
-    /// the session goes on.
-    pub fn handle_skipped(&mut self, partition: u32, key: &[u8]) {
-        if self.in_flight.remove(&(partition, key.to_vec())).is_some() {
-            self.skipped += 1;
-            self.pump();
+    /// The hint for `(partition, key)` in `batch` was not sent: its update is still on its way
+    /// to the target by the coordinator's own replication, which deletes the hint once the
+    /// target confirms. The hint is kept (a later session delivers it if that replication
+    /// fails), and the rest of the batch goes on.
+    pub fn handle_skipped(&mut self, batch: u64, partition: u32, key: &[u8]) {
+        if let Some(items) = self.in_flight.get_mut(&batch) {
+            let before = items.len();
+            items.retain(|(p, k, _)| !(*p == partition && k == key));
+            self.skipped += (before - items.len()) as u64;
         }
     }
 
-    /// Delivering the hint for `(partition, key)` failed; the hint is kept.
-    pub fn handle_failed(&mut self, partition: u32, key: &[u8]) {
-        if self.in_flight.remove(&(partition, key.to_vec())).is_some() {
+    /// Delivering `batch` failed; its hints are kept.
+    pub fn handle_failed(&mut self, batch: u64) {
+        if self.in_flight.remove(&batch).is_some() {
             self.failed = true;
             self.queue.clear();
         }
@@ -177,13 +189,22 @@ impl HandoffSession {
             return;
         }
         while self.in_flight.len() < self.max_in_flight {
-            let Some(hint) = self.queue.pop_front() else {
+            let Some(hints) = self.queue.pop_front() else {
                 break;
             };
-            self.in_flight
-                .insert((hint.partition, hint.key.clone()), hint.record.hash());
-            self.effects.push_back(HandoffEffect::Deliver { hint });
+            let batch = self.next_batch;
+            self.next_batch += 1;
+            self.in_flight.insert(
+                batch,
+                hints
+                    .iter()
+                    .map(|h| (h.partition, h.key.clone(), h.record.hash()))
+                    .collect(),
+            );
+            self.effects
+                .push_back(HandoffEffect::Deliver { batch, hints });
         }
+        // Read ahead one page while batches are in flight.
         if self.queue.is_empty() && !self.fetching && !self.last_page {
             self.fetching = true;
             self.effects.push_back(HandoffEffect::Fetch {
@@ -212,8 +233,20 @@ mod tests {
         std::iter::from_fn(|| s.poll_effect()).collect()
     }
 
+    fn removed_keys(effects: &[HandoffEffect]) -> Vec<Vec<u8>> {
+        effects
+            .iter()
+            .flat_map(|e| match e {
+                HandoffEffect::Remove { delivered } => {
+                    delivered.iter().map(|(_, k, _)| k.clone()).collect()
+                }
+                _ => Vec::new(),
+            })
+            .collect()
+    }
+
     #[test]
-    fn pages_through_and_removes_only_acknowledged_hints() {
+    fn pages_are_batches_and_only_acknowledged_batches_are_removed() {
         let mut s = HandoffSession::new(MemberId::new("c").unwrap(), 2, 8);
         assert!(matches!(
             &drain(&mut s)[..],
@@ -224,60 +257,92 @@ mod tests {
         ));
         s.handle_page(vec![hint("a"), hint("b")]);
         let effects = drain(&mut s);
-        assert_eq!(
-            effects.len(),
-            3,
-            "two deliveries and the next page: {effects:?}"
+        assert!(
+            matches!(
+                &effects[..],
+                [
+                    HandoffEffect::Deliver { batch: 0, hints },
+                    HandoffEffect::Fetch { after: Some((1, key)), limit: 2 },
+                ] if hints.len() == 2 && key == b"b"
+            ),
+            "one batch of the page, and the next page read ahead: {effects:?}"
         );
-        assert!(matches!(
-            &effects[2],
-            HandoffEffect::Fetch {
-                after: Some((1, key)),
-                limit: 2
-            } if key == b"b"
-        ));
-        s.handle_delivered(1, b"a");
-        assert!(matches!(&drain(&mut s)[..], [HandoffEffect::Remove { key, .. }] if key == b"a"));
-        s.handle_page(vec![]);
-        assert!(!s.is_finished(), "b is in flight");
-        s.handle_delivered(1, b"b");
-        drain(&mut s);
+        s.handle_page(vec![hint("c")]);
+        let effects = drain(&mut s);
+        assert!(
+            matches!(&effects[..], [HandoffEffect::Deliver { batch: 1, hints }] if hints.len() == 1),
+            "a short page is the last one: {effects:?}"
+        );
+        s.handle_delivered(1);
+        assert_eq!(removed_keys(&drain(&mut s)), vec![b"c".to_vec()]);
+        assert!(!s.is_finished(), "batch 0 is in flight");
+        s.handle_delivered(0);
+        assert_eq!(
+            removed_keys(&drain(&mut s)),
+            vec![b"a".to_vec(), b"b".to_vec()]
+        );
         assert!(s.is_finished());
-        assert_eq!(s.delivered(), 2);
+        assert_eq!(s.delivered(), 3);
         assert!(!s.failed());
     }
 
     #[test]
-    fn a_skipped_hint_is_kept_and_the_session_goes_on() {
+    fn at_most_max_in_flight_batches_are_outstanding() {
+        let mut s = HandoffSession::new(MemberId::new("c").unwrap(), 1, 2);
+        drain(&mut s);
+        s.handle_page(vec![hint("a")]);
+        drain(&mut s);
+        s.handle_page(vec![hint("b")]);
+        drain(&mut s);
+        s.handle_page(vec![hint("c")]);
+        let effects = drain(&mut s);
+        assert!(
+            !effects
+                .iter()
+                .any(|e| matches!(e, HandoffEffect::Deliver { .. })),
+            "two batches are in flight already: {effects:?}"
+        );
+        s.handle_delivered(0);
+        let effects = drain(&mut s);
+        assert!(
+            effects
+                .iter()
+                .any(|e| matches!(e, HandoffEffect::Deliver { batch: 2, .. })),
+            "an answer frees a slot: {effects:?}"
+        );
+    }
+
+    #[test]
+    fn a_skipped_hint_is_kept_and_the_batch_goes_on() {
         let mut s = HandoffSession::new(MemberId::new("n2").unwrap(), 10, 1);
         drain(&mut s);
         s.handle_page(vec![hint("a"), hint("b")]);
-        assert!(matches!(drain(&mut s)[..], [HandoffEffect::Deliver { .. }]));
-        s.handle_skipped(1, b"a");
-        let effects = drain(&mut s);
-        assert!(
-            matches!(&effects[..], [HandoffEffect::Deliver { hint }] if hint.key == b"b"),
-            "{effects:?}"
-        );
-        s.handle_delivered(1, b"b");
-        let effects = drain(&mut s);
-        assert!(
-            matches!(&effects[..], [HandoffEffect::Remove { key, .. }] if key == b"b"),
-            "only the delivered hint is removed: {effects:?}"
+        assert!(matches!(
+            drain(&mut s)[..],
+            [HandoffEffect::Deliver { batch: 0, .. }]
+        ));
+        s.handle_skipped(0, 1, b"a");
+        s.handle_delivered(0);
+        assert_eq!(
+            removed_keys(&drain(&mut s)),
+            vec![b"b".to_vec()],
+            "only the delivered hint is removed"
         );
         assert!(s.is_finished() && !s.failed());
         assert_eq!((s.delivered(), s.skipped()), (1, 1));
     }
 
     #[test]
-    fn a_failure_stops_the_session_and_keeps_the_hint() {
-        let mut s = HandoffSession::new(MemberId::new("c").unwrap(), 10, 1);
+    fn a_failure_stops_the_session_and_keeps_the_hints() {
+        let mut s = HandoffSession::new(MemberId::new("c").unwrap(), 2, 1);
         drain(&mut s);
         s.handle_page(vec![hint("a"), hint("b")]);
-        let effects = drain(&mut s);
-        assert_eq!(effects.len(), 1, "one in flight at a time");
-        s.handle_failed(1, b"a");
+        drain(&mut s);
+        s.handle_page(vec![hint("c"), hint("d")]);
+        assert!(drain(&mut s).is_empty(), "one batch in flight at a time");
+        s.handle_failed(0);
         assert!(drain(&mut s).is_empty(), "no remove, no further delivery");
         assert!(s.is_finished() && s.failed());
+        assert_eq!(s.delivered(), 0);
     }
 }

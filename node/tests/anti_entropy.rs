@@ -86,11 +86,13 @@ async fn updates_nobody_hinted_reach_every_replica() {
     for i in (0..NODES).filter(|&i| i != behind) {
         let engine = &cluster.engines[i];
         let id = cluster.peer(behind).id.as_str().to_owned();
-        for hint in engine.hints(&id, None, 10_000).unwrap() {
-            engine
-                .remove_hint(&id, hint.partition, &hint.key, hint.record.hash())
-                .unwrap();
-        }
+        let hints: Vec<_> = engine
+            .hints(&id, None, 10_000)
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.partition, h.key, h.record.hash()))
+            .collect();
+        engine.remove_delivered_hints(&id, &hints).unwrap();
     }
     cluster.start(behind);
     eventually(LIMIT, || {

@@ -551,8 +551,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// The keys and raw record bytes of leaves `first..=last` of a partition, whole leaves at
-    /// a time until at least `limit` records were read, and the first leaf not read when it
-    /// stopped early.
+    /// a time, at most `limit` records (more only when the first leaf alone holds more: a leaf
+    /// is never split), and the first leaf not read when it stopped early.
     pub fn leaf_records(
         &self,
         partition: Partition,
@@ -565,6 +565,8 @@ impl<S: Store> Engine<S> {
         from.extend_from_slice(&first.to_be_bytes());
         let (mut records, mut next) = (Vec::new(), None);
         let mut current = first;
+        // Records of the leaves before `current` (complete leaves).
+        let mut complete = 0;
         self.store.scan_prefix_from(
             Column::Data,
             &prefix,
@@ -575,12 +577,14 @@ impl<S: Store> Engine<S> {
                     return false;
                 }
                 if leaf != current {
-                    // A leaf boundary: stop here once the batch is full.
-                    if records.len() >= limit {
-                        next = Some(leaf);
-                        return false;
-                    }
                     current = leaf;
+                    complete = records.len();
+                }
+                if records.len() >= limit && complete > 0 {
+                    // `current` does not fit: the batch ends before it.
+                    records.truncate(complete);
+                    next = Some(current);
+                    return false;
                 }
                 records.push((dk[DATA_PREFIX_LEN..].to_vec(), raw.to_vec()));
                 true
@@ -669,21 +673,54 @@ impl<S: Store> Engine<S> {
         Ok(hints)
     }
 
-    /// Deletes the hint for `(target, partition, key)` if it still holds exactly the state that
-    /// was delivered (`delivered` = that record's hash). Returns whether it was deleted; a hint
-    /// that was merged with newer state meanwhile is kept for the next delivery.
-    pub fn remove_hint(
+    /// Deletes the hints for `target` that still hold exactly the state that was delivered
+    /// (each item: partition, key, and that record's hash), in one write. Returns how many
+    /// were deleted; a hint that was merged with newer state meanwhile is kept for the next
+    /// delivery.
+    pub fn remove_delivered_hints(
         &self,
         target: &str,
-        partition: Partition,
-        key: &[u8],
-        delivered: ValueHash,
-    ) -> Result<bool, StorageError> {
-        Ok(self.remove_hints(&[target], partition, key, delivered)? == 1)
+        delivered: &[(Partition, Vec<u8>, ValueHash)],
+    ) -> Result<usize, StorageError> {
+        let hint_keys = delivered
+            .iter()
+            .map(|(partition, key, _)| hint_key(target, *partition, key))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut stripes: Vec<usize> = delivered
+            .iter()
+            .map(|(partition, key, _)| {
+                self.stripe_index(&data_key(*partition, key)[..DATA_PREFIX_LEN])
+            })
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        // In index order, as `merge_many` locks them.
+        let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
+        let mut batch = Vec::new();
+        for (hk, (_, _, hash)) in hint_keys.into_iter().zip(delivered) {
+            if self.hint_holds(&hk, *hash)? {
+                batch.push(BatchOp::Delete(Column::Hints, hk));
+            }
+        }
+        let deleted = batch.len();
+        if deleted > 0 {
+            self.store.write(batch)?;
+        }
+        Ok(deleted)
     }
 
-    /// [`remove_hint`](Self::remove_hint) for several targets of one key, in one write.
-    /// Returns how many were deleted.
+    /// Whether the hint at `hk` exists and holds the state with hash `delivered` (a corrupt
+    /// hint counts as holding it: deleting it loses nothing readable).
+    fn hint_holds(&self, hk: &[u8], delivered: ValueHash) -> Result<bool, StorageError> {
+        let Some(raw) = self.store.get(Column::Hints, hk)? else {
+            return Ok(false);
+        };
+        Ok(!matches!(split_hint(&raw), Ok((_, record)) if record.hash() != delivered))
+    }
+
+    /// Deletes the hints for several targets of one key that still hold the state with hash
+    /// `delivered`, in one write (the coordinator, once those replicas confirmed). Returns how
+    /// many were deleted.
     pub fn remove_hints(
         &self,
         targets: &[&str],
@@ -700,12 +737,8 @@ impl<S: Store> Engine<S> {
             .lock();
         let mut batch = Vec::new();
         for hk in hint_keys {
-            let Some(raw) = self.store.get(Column::Hints, &hk)? else {
-                continue;
-            };
-            match split_hint(&raw) {
-                Ok((_, record)) if record.hash() != delivered => {}
-                _ => batch.push(BatchOp::Delete(Column::Hints, hk)),
+            if self.hint_holds(&hk, delivered)? {
+                batch.push(BatchOp::Delete(Column::Hints, hk));
             }
         }
         let deleted = batch.len();

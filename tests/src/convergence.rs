@@ -25,7 +25,8 @@
 //! loopback bandwidth), bytes moved next to the minimum (the differing keys and values plus a
 //! 16-byte digest each) and next to a full copy of n3's data, and the keys still to repair over
 //! time (hints held for n3; for the wipe, keys less those anti-entropy restored on n3),
-//! plotted as SVG. Finally, foreground read throughput with anti-entropy running and paused.
+//! plotted as SVG. Finally, foreground read throughput with anti-entropy running and paused in
+//! alternating windows while it repairs n3, wiped once more (medians of each kind compared).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -61,6 +62,12 @@ pub struct Settings {
 /// The anti-entropy interval a fault's repair may wait for (the node's `ae_min_interval`).
 const AE_INTERVAL: Duration = Duration::from_secs(2);
 const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
+/// Writes the benchmark keeps in flight (enough to share the nodes' WAL syncs).
+const WRITERS: usize = 128;
+/// One window of the foreground read measurement.
+const FOREGROUND_WINDOW: Duration = Duration::from_secs(2);
+/// Running/paused window pairs of the foreground read measurement, at most.
+const FOREGROUND_PAIRS: usize = 5;
 /// How long the idle peer traffic (SWIM, anti-entropy rounds that find nothing) is measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -139,7 +146,37 @@ struct Measured {
     raw_bytes: f64,
     /// Message bytes the nodes sent each other, by kind (`shoal_peer_bytes_sent_total`).
     by_kind: BTreeMap<String, f64>,
+    /// UDP datagrams the namespace's kernel dropped for a full socket buffer.
+    udp_drops: u64,
     timeline: Vec<(f64, f64)>,
+}
+
+/// The counters a run is measured against.
+struct Snapshot {
+    wire_bytes: u64,
+    by_kind: BTreeMap<String, f64>,
+    udp_drops: u64,
+}
+
+/// UDP datagrams dropped so far in the namespace because a socket buffer was full (receive
+/// and send; `/proc/net/snmp`), so retransmissions on the wire can be told apart from
+/// messages sent twice.
+fn udp_drops(ns: &Netns) -> u64 {
+    let output = Command::new("ip")
+        .args(["netns", "exec", ns.name(), "cat", "/proc/net/snmp"])
+        .output()
+        .expect("ip netns exec cat");
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (Some(names), Some(values)) = (udp.next(), udp.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .filter(|(name, _)| matches!(*name, "RcvbufErrors" | "SndbufErrors"))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum()
 }
 
 /// Message bytes every node sent its peers so far, by kind, summed over the nodes (a node
@@ -184,7 +221,7 @@ impl Bench<'_> {
         let mut next = 0;
         let mut ok = 0;
         while next < count || !tasks.is_empty() {
-            while next < count && tasks.len() < 32 {
+            while next < count && tasks.len() < WRITERS {
                 let (client, key, value) =
                     (self.client.clone(), self.key(tag, next), value.clone());
                 tasks.spawn(async move { client.register(key).w(w).put(value).await.is_ok() });
@@ -196,6 +233,14 @@ impl Bench<'_> {
         }
         self.written += ok;
         ok
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            wire_bytes: peer_bytes(self.ns),
+            by_kind: traffic_by_kind(self.cluster),
+            udp_drops: udp_drops(self.ns),
+        }
     }
 
     async fn statuses(&self) -> Vec<Option<NodeStatus>> {
@@ -211,7 +256,7 @@ impl Bench<'_> {
     async fn converge(
         &self,
         started: Instant,
-        (bytes0, traffic0): (u64, BTreeMap<String, f64>),
+        before: Snapshot,
         pending: impl Fn(&[Option<NodeStatus>]) -> f64,
     ) -> Measured {
         let mut timeline = Vec::new();
@@ -235,10 +280,10 @@ impl Bench<'_> {
                 && all.iter().all(|s| s.hints.iter().all(|h| h.keys == 0));
             if equal {
                 let seconds = started.elapsed().as_secs_f64();
-                let raw = peer_bytes(self.ns).saturating_sub(bytes0) as f64;
+                let raw = peer_bytes(self.ns).saturating_sub(before.wire_bytes) as f64;
                 let mut by_kind = traffic_by_kind(self.cluster);
                 for (kind, bytes) in by_kind.iter_mut() {
-                    *bytes = (*bytes - traffic0.get(kind).copied().unwrap_or(0.0)).max(0.0);
+                    *bytes = (*bytes - before.by_kind.get(kind).copied().unwrap_or(0.0)).max(0.0);
                 }
                 return Measured {
                     by_kind,
@@ -246,6 +291,7 @@ impl Bench<'_> {
                     detection: detection.unwrap_or(seconds),
                     bytes: (raw - self.idle_rate * seconds).max(0.0),
                     raw_bytes: raw,
+                    udp_drops: udp_drops(self.ns).saturating_sub(before.udp_drops),
                     timeline,
                 };
             }
@@ -277,6 +323,7 @@ impl Bench<'_> {
             "message_bytes": m.by_kind.values().sum::<f64>().round(),
             "message_bytes_vs_minimum": round(m.by_kind.values().sum::<f64>() / minimum.max(1.0)),
             "message_bytes_by_kind": m.by_kind,
+            "udp_buffer_drops": m.udp_drops,
         });
         progress(&result.to_string());
         let svg = plot(&format!("{name} (d = {d})"), &m.timeline);
@@ -284,6 +331,66 @@ impl Bench<'_> {
         if let Err(e) = std::fs::write(&path, svg) {
             progress(&format!("plot not written to {}: {e}", path.display()));
         }
+        result
+    }
+
+    /// Foreground read throughput with anti-entropy running and paused in turn (windows of
+    /// [`FOREGROUND_WINDOW`], at most [`FOREGROUND_PAIRS`] pairs), while it repairs a wiped
+    /// n3, so the running windows measure reads next to real repair work; the keys n3
+    /// restored in each kind of window show that it did.
+    async fn foreground(&self) -> Json {
+        let keys = self.settings.keys.min(1000);
+        let admin = |path: &str| {
+            for i in 0..3 {
+                http_post(self.cluster.admin(i), path);
+            }
+        };
+        let restored = |statuses: &[Option<NodeStatus>]| {
+            statuses
+                .get(2)
+                .and_then(|s| s.as_ref())
+                .map(|s| s.anti_entropy.keys_repaired)
+        };
+        // n3's admin endpoint takes the pause too: wait until it listens.
+        wait_until("n3's admin endpoint", Duration::from_secs(60), || {
+            http_get(self.cluster.admin(2), "/health").is_ok()
+        });
+        let (mut running, mut paused) = (Vec::new(), Vec::new());
+        let (mut restored_running, mut restored_paused) = (0u64, 0u64);
+        for _ in 0..FOREGROUND_PAIRS {
+            for (is_running, rates, restored_in) in [
+                (true, &mut running, &mut restored_running),
+                (false, &mut paused, &mut restored_paused),
+            ] {
+                admin(if is_running {
+                    "/anti-entropy/resume"
+                } else {
+                    "/anti-entropy/pause"
+                });
+                let before = restored(&self.statuses().await).unwrap_or(0);
+                rates.push(read_rate(&self.client, keys, FOREGROUND_WINDOW).await);
+                let after = restored(&self.statuses().await).unwrap_or(before);
+                *restored_in += after.saturating_sub(before);
+            }
+            let statuses = self.statuses().await;
+            let digests: Vec<_> = statuses.iter().flatten().map(|s| s.data_digest).collect();
+            if digests.len() == 3 && digests.windows(2).all(|w| w[0] == w[1]) {
+                break;
+            }
+        }
+        admin("/anti-entropy/resume");
+        let (running_median, paused_median) = (median(&running), median(&paused));
+        let result = json!({
+            "window_seconds": FOREGROUND_WINDOW.as_secs_f64(),
+            "anti_entropy_running": running.iter().map(|r| round(*r)).collect::<Vec<_>>(),
+            "anti_entropy_paused": paused.iter().map(|r| round(*r)).collect::<Vec<_>>(),
+            "running_median": round(running_median),
+            "paused_median": round(paused_median),
+            "loss": round(1.0 - running_median / paused_median.max(1e-9)),
+            "keys_restored_running": restored_running,
+            "keys_restored_paused": restored_paused,
+        });
+        progress(&result.to_string());
         result
     }
 
@@ -435,7 +542,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         ])?;
         bench.put_many(&format!("a{d}"), d, 2).await;
         let full = bench.written as f64 * per_key;
-        let before = (peer_bytes(ns), traffic_by_kind(cluster));
+        let before = bench.snapshot();
         let started = Instant::now();
         ns.heal();
         let m = bench.converge(started, before, hints_for_n3).await;
@@ -456,7 +563,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         n
     };
     let full = bench.written as f64 * per_key;
-    let before = (peer_bytes(ns), traffic_by_kind(cluster));
+    let before = bench.snapshot();
     let started = Instant::now();
     let _n3 = cluster.start_node("n3");
     let m = bench.converge(started, before, hints_for_n3).await;
@@ -468,7 +575,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
     let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
     let total = bench.written;
     let full = total as f64 * per_key;
-    let before = (peer_bytes(ns), traffic_by_kind(cluster));
+    let before = bench.snapshot();
     let started = Instant::now();
     let _n3_again = cluster.start_node("n3");
     let m = bench
@@ -483,26 +590,19 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         .await;
     runs.push(bench.report("wipe", total, &m, full));
 
-    progress("foreground reads: 5 s with anti-entropy running, 5 s paused");
-    let running = read_rate(&bench.client, settings.keys.min(1000)).await;
-    for i in 0..3 {
-        http_post(cluster.admin(i), "/anti-entropy/pause");
-    }
-    let paused = read_rate(&bench.client, settings.keys.min(1000)).await;
-    for i in 0..3 {
-        http_post(cluster.admin(i), "/anti-entropy/resume");
-    }
+    progress("foreground reads while anti-entropy repairs a wiped n3, running and paused in turn");
+    bench.kill_n3();
+    drop(_n3_again);
+    let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
+    let _n3_foreground = cluster.start_node("n3");
+    let foreground = bench.foreground().await;
     let results = json!({
         "keys": settings.keys,
         "value_size": settings.value_size,
         "loopback_bytes_per_sec": bandwidth.round(),
         "idle_peer_bytes_per_sec": bench.idle_rate.round(),
         "runs": runs,
-        "foreground_reads_per_sec": {
-            "anti_entropy_running": round(running),
-            "anti_entropy_paused": round(paused),
-            "loss": round(1.0 - running / paused.max(1e-9)),
-        },
+        "foreground_reads_per_sec": foreground,
     });
     let path = settings.out.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&results).unwrap())
@@ -510,13 +610,13 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
     Ok(results)
 }
 
-/// Reads per second over 5 s, 32 at a time, over the first `keys` loaded keys.
-async fn read_rate(client: &Client, keys: usize) -> f64 {
+/// Reads per second over `window`, 32 at a time, over the first `keys` loaded keys.
+async fn read_rate(client: &Client, keys: usize, window: Duration) -> f64 {
     let started = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     let mut done = 0u64;
     let mut i = 0usize;
-    while started.elapsed() < Duration::from_secs(5) {
+    while started.elapsed() < window {
         while tasks.len() < 32 {
             let client = client.clone();
             let key = format!("conv-base-{:08}", i % keys.max(1));
@@ -531,4 +631,14 @@ async fn read_rate(client: &Client, keys: usize) -> f64 {
         done += u64::from(ok.unwrap_or(false));
     }
     done as f64 / started.elapsed().as_secs_f64()
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
 }

@@ -14,19 +14,22 @@
 //!   carries a summary hash of the asker's roots; when the peer's summary matches, the answer
 //!   carries no roots. An idle round costs a few dozen bytes per peer.
 //! - **Handoff first.** While hinted handoff runs between the two, or into either of them
-//!   from anyone (a node that stored delivered hints within the last second), their
+//!   from anyone (a node that stored delivered hints within the last 3 s), their
 //!   comparison waits: hinted handoff is already sending those keys, and anti-entropy would
 //!   send them twice. A round woken by a member coming back starts after a short grace
 //!   (half of `ae_min_interval`), so the hint holders' handoff is under way when the roots
-//!   are compared. A round that waited is followed by the next one after
-//!   `ae_min_interval`.
+//!   are compared. The comparison also waits while either of the two has `Replicate`s to the
+//!   other in flight, or holds hints for it (handoff is woken; this wait lasts at most 30 s,
+//!   so a hint the peer keeps refusing cannot stop anti-entropy): see
+//!   [`Shared::handoff_pending`]. A round that waited is followed
+//!   by the next one after `ae_min_interval`.
 //! - **One repair per partition at a time.** Each step of an exchange claims its partition on
 //!   both nodes ([`Shared::ae_claim`]); a node answers `Busy` for a partition another peer
 //!   is repairing with it, and the asker tries it in a later round. So a replica that lacks
 //!   keys several peers have (a wiped disk) receives each of them once.
 //! - **Pause.** [`Node::pause_anti_entropy`](super::Node::pause_anti_entropy) (the admin
-//!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed; a round
-//!   in progress finishes.
+//!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed, and holds
+//!   an exchange in progress before its next step.
 //! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
 //!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], and every RPC uses
 //!   the peer's background budget, so foreground requests keep their share.
@@ -143,9 +146,9 @@ async fn round<T: Transport, S: Store>(
     }
     let (mut moved, mut waited) = (0, false);
     for (peer, partitions) in &shared_with {
-        // Hinted handoff is repairing one of us: let it finish first, so the same keys are
-        // not sent twice.
-        if shared.handoff_active(peer.as_str()) || shared.receiving_hints() {
+        // Hinted handoff or a coordinator's replication is about to repair one of us: let it
+        // finish first, so the same keys are not sent twice.
+        if shared.handoff_pending(peer.as_str()) {
             tracing::debug!(%peer, "anti-entropy waits for hinted handoff");
             incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
             waited = true;
@@ -190,7 +193,7 @@ async fn round<T: Transport, S: Store>(
             if *our_root == theirs_root {
                 continue;
             }
-            if !shared.ae_claim(p, peer.as_str()) {
+            if !shared.ae_claim(p, peer.as_str(), false) {
                 // Being repaired with another peer right now: a later round compares it.
                 incomplete.insert(p);
                 waited = true;
@@ -226,6 +229,9 @@ async fn round<T: Transport, S: Store>(
     (moved, waited)
 }
 
+/// How often a paused exchange looks whether anti-entropy was resumed.
+const PAUSE_POLL: Duration = Duration::from_millis(50);
+
 /// The error of an exchange the peer answered `Busy` to.
 const BUSY: &str = "partition busy with another peer";
 
@@ -248,8 +254,12 @@ async fn exchange<T: Transport, S: Store>(
             // Every effect is answered before the next poll, so this does not happen.
             return ExchangeReport::default();
         };
+        let step = !matches!(effect, AeEffect::Done(_));
+        while step && shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
         let id = shared.next_request_id();
-        if !matches!(effect, AeEffect::Done(_)) && !shared.ae_claim(partition, peer.as_str()) {
+        if step && !shared.ae_claim(partition, peer.as_str(), false) {
             x.handle_error(BUSY.into());
             continue;
         }

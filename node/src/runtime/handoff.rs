@@ -14,8 +14,8 @@ use crate::handoff::{HandoffEffect, HandoffSession};
 use crate::request::message::{MAX_HINTS_PER_BATCH, PeerRequest};
 use crate::transport::Transport;
 
-/// A delivery's answer: target, partition, key, acknowledged.
-type Delivery = (MemberId, u32, Vec<u8>, bool);
+/// A delivery's answer: target, batch, acknowledged.
+type Delivery = (MemberId, u64, bool);
 
 pub(crate) async fn run<T: Transport, S: Store>(
     shared: Arc<Shared<T, S>>,
@@ -49,12 +49,12 @@ pub(crate) async fn run<T: Transport, S: Store>(
                     }
                 }
             }
-            Some((target, partition, key, ok)) = delivered.recv() => {
+            Some((target, batch, ok)) = delivered.recv() => {
                 if let Some(session) = sessions.get_mut(&target) {
                     if ok {
-                        session.handle_delivered(partition, &key);
+                        session.handle_delivered(batch);
                     } else {
-                        session.handle_failed(partition, &key);
+                        session.handle_failed(batch);
                     }
                     touched.push(target);
                 }
@@ -76,7 +76,7 @@ fn start<T: Transport, S: Store>(
     }
     let session = HandoffSession::new(
         target.clone(),
-        shared.config.handoff_page,
+        shared.config.handoff_page.min(MAX_HINTS_PER_BATCH),
         shared.config.handoff_in_flight,
     );
     shared.set_handoff_active(&target, true);
@@ -94,8 +94,6 @@ fn pump<T: Transport, S: Store>(
     let Some(session) = sessions.get_mut(target) else {
         return;
     };
-    // Hints to send, delivered in one batch (one RPC, one durable write at the target).
-    let mut batch: Vec<shoal_storage::Hint> = Vec::new();
     while let Some(effect) = session.poll_effect() {
         match effect {
             HandoffEffect::Fetch { after, limit } => {
@@ -107,52 +105,31 @@ fn pump<T: Transport, S: Store>(
                     });
                 session.handle_page(page);
             }
-            // Its update is on its way by the coordinator's own `Replicate` (a partition just
-            // healed): that one confirms it and deletes the hint; sending it too would send
-            // it twice.
-            HandoffEffect::Deliver { hint }
-                if shared.is_replicating(target, hint.partition, &hint.key) =>
-            {
-                session.handle_skipped(hint.partition, &hint.key);
+            HandoffEffect::Deliver { batch, hints } => {
+                let mut send = Vec::with_capacity(hints.len());
+                for hint in hints {
+                    // Its update is on its way by the coordinator's own `Replicate` (a
+                    // partition just healed): that one confirms it and deletes the hint;
+                    // sending it too would send it twice.
+                    if shared.is_replicating(target, hint.partition, &hint.key) {
+                        session.handle_skipped(batch, hint.partition, &hint.key);
+                    } else {
+                        send.push((hint.partition, hint.key, hint.record.as_bytes().to_vec()));
+                    }
+                }
+                deliver(shared, target, batch, send, tx);
             }
-            HandoffEffect::Deliver { hint } => batch.push(hint),
-            HandoffEffect::Remove {
-                partition,
-                key,
-                hash,
-            } => {
-                shared.metrics.hint_delivered();
+            HandoffEffect::Remove { delivered } => {
+                shared.metrics.hints_delivered(delivered.len() as u64);
                 if let Err(e) = blocking(|| {
                     shared
                         .engine
-                        .remove_hint(target.as_str(), partition, &key, hash)
+                        .remove_delivered_hints(target.as_str(), &delivered)
                 }) {
-                    tracing::warn!(%target, error = %e, "delivered hint not removed");
+                    tracing::warn!(%target, error = %e, "delivered hints not removed");
                 }
             }
         }
-    }
-    for chunk in batch.chunks(MAX_HINTS_PER_BATCH) {
-        let request = PeerRequest::DeliverHints {
-            id: shared.next_request_id(),
-            hints: chunk
-                .iter()
-                .map(|h| (h.partition, h.key.clone(), h.record.as_bytes().to_vec()))
-                .collect(),
-        };
-        let keys: Vec<(u32, Vec<u8>)> =
-            chunk.iter().map(|h| (h.partition, h.key.clone())).collect();
-        let (shared2, tx, target) = (shared.clone(), tx.clone(), target.clone());
-        shared.spawn(async move {
-            let timeout = shared2.config.background_timeout;
-            let ok = shared2
-                .call(&target, &request, timeout, Class::Background)
-                .await
-                .is_ok_and(|r| matches!(r, crate::request::PeerResponse::Stored));
-            for (partition, key) in keys {
-                let _ = tx.send((target.clone(), partition, key, ok));
-            }
-        });
     }
     if session.is_finished() {
         tracing::debug!(%target, delivered = session.delivered(), skipped = session.skipped(), failed = session.failed(), "handoff pass done");
@@ -170,4 +147,32 @@ fn pump<T: Transport, S: Store>(
         // Anti-entropy with the target waited for this session; it may compare now.
         let _ = shared.ae_wake.try_send(target.clone());
     }
+}
+
+/// Sends one batch of hints as one RPC and reports the answer (an empty batch, all skipped, is
+/// acknowledged at once).
+fn deliver<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    target: &MemberId,
+    batch: u64,
+    hints: Vec<(u32, Vec<u8>, Vec<u8>)>,
+    tx: &mpsc::UnboundedSender<Delivery>,
+) {
+    if hints.is_empty() {
+        let _ = tx.send((target.clone(), batch, true));
+        return;
+    }
+    let request = PeerRequest::DeliverHints {
+        id: shared.next_request_id(),
+        hints,
+    };
+    let (shared2, tx, target) = (shared.clone(), tx.clone(), target.clone());
+    shared.spawn(async move {
+        let timeout = shared2.config.background_timeout;
+        let ok = shared2
+            .call(&target, &request, timeout, Class::Background)
+            .await
+            .is_ok_and(|r| matches!(r, crate::request::PeerResponse::Stored));
+        let _ = tx.send((target, batch, ok));
+    });
 }

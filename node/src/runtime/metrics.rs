@@ -333,8 +333,8 @@ impl Metrics {
         self.hints_stored.inc();
     }
 
-    pub(crate) fn hint_delivered(&self) {
-        self.hints_delivered.inc();
+    pub(crate) fn hints_delivered(&self, n: u64) {
+        self.hints_delivered.inc_by(n);
     }
 
     pub(crate) fn read_repair(&self) {

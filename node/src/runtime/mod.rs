@@ -126,9 +126,11 @@ pub struct NodeConfig {
     /// Time between two handoff passes over every target with a backlog. Default 10 s.
     /// Shorter delivers hints sooner when a SWIM "up" event was missed.
     pub handoff_interval: Duration,
-    /// Hints read per page. Default 64.
+    /// Hints read per page; each page is one delivery (one RPC, one durable write at the
+    /// target, one delete here). Default and most 256 (`MAX_HINTS_PER_BATCH`).
     pub handoff_page: usize,
-    /// Hint deliveries in flight per target. Default 64 (sent in batches, one RPC per batch).
+    /// Hint batches in flight per target. Default 2: the next page is read and sent while
+    /// one is answered, and a burst stays well inside a socket buffer.
     pub handoff_in_flight: usize,
     /// Deadline of one hint delivery, read-repair or anti-entropy RPC. Default 5 s.
     pub background_timeout: Duration,
@@ -164,8 +166,8 @@ impl NodeConfig {
             peer_queue: 256,
             max_serving: 1024,
             handoff_interval: Duration::from_secs(10),
-            handoff_page: 64,
-            handoff_in_flight: 64,
+            handoff_page: 256,
+            handoff_in_flight: 2,
             background_timeout: Duration::from_secs(5),
             anti_entropy: true,
             ae_min_interval: Duration::from_secs(2),
@@ -439,7 +441,8 @@ impl<T: Transport, S: Store> Node<T, S> {
         self.shared.ae_coverage()
     }
 
-    /// Pauses (`true`) or resumes anti-entropy rounds; a round in progress finishes.
+    /// Pauses (`true`) or resumes anti-entropy: no round starts, and an exchange in progress
+    /// stops before its next step until resumed.
     pub fn pause_anti_entropy(&self, paused: bool) {
         self.shared
             .ae_paused

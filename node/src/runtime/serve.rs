@@ -73,7 +73,7 @@ async fn serve<T: Transport, S: Store>(
 ) -> Result<PeerResponse, String> {
     let id = request.id();
     if let Some(partition) = exchange_partition(&request)
-        && !shared.ae_claim(partition, from.as_str())
+        && !shared.ae_claim(partition, from.as_str(), true)
     {
         return Ok(PeerResponse::Busy);
     }
@@ -148,7 +148,7 @@ async fn serve<T: Transport, S: Store>(
         } => {
             let partitions = crate::antientropy::bitmap_partitions(&partitions)
                 .ok_or("partition bitmap too long")?;
-            if shared.handoff_active(from.as_str()) || shared.receiving_hints() {
+            if shared.handoff_pending(from.as_str()) {
                 return Ok(PeerResponse::Roots {
                     roots: Vec::new(),
                     handoff_running: true,
@@ -248,11 +248,11 @@ async fn serve<T: Transport, S: Store>(
         PeerRequest::AePush {
             partition, records, ..
         } => {
-            if records.len() > crate::antientropy::KEYS_PER_STEP {
+            if records.len() > crate::antientropy::MAX_PUSH_RECORDS {
                 return Err(format!(
                     "{} records pushed, at most {}",
                     records.len(),
-                    crate::antientropy::KEYS_PER_STEP
+                    crate::antientropy::MAX_PUSH_RECORDS
                 ));
             }
             let items = records

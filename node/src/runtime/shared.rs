@@ -26,8 +26,23 @@ type TargetKey = (MemberId, u32, Vec<u8>);
 
 /// How long an anti-entropy claim of a partition lasts without a step that renews it.
 pub(crate) const AE_CLAIM: Duration = Duration::from_secs(2);
-/// A node that stored delivered hints within this long counts as receiving hinted handoff.
-pub(crate) const HINTS_RECENT: Duration = Duration::from_secs(1);
+/// A node that stored delivered hints within this long counts as receiving hinted handoff
+/// (longer than a batch's round trip on a loaded node, so the gaps between batches count).
+pub(crate) const HINTS_RECENT: Duration = Duration::from_secs(3);
+
+/// How long anti-entropy with a peer waits, at most, while this node holds hints for it
+/// (a hint the peer keeps refusing must not stop anti-entropy).
+pub(crate) const HINT_HOLD: Duration = Duration::from_secs(30);
+
+/// Who holds a partition for an anti-entropy exchange (see [`Shared::ae_claim`]).
+struct AeClaim {
+    /// The other replica of the exchange.
+    peer: String,
+    /// Whether that replica started the exchange (this node serves it).
+    started_by_peer: bool,
+    /// Until when, on [`Shared::now`]'s clock.
+    until: Duration,
+}
 
 /// Which budget of a peer an RPC uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,9 +211,13 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     replicating: Mutex<HashMap<TargetKey, usize>>,
     /// Anti-entropy claims: partition → the peer it is being repaired with, until when (on
     /// [`now`](Self::now)'s clock). See [`ae_claim`](Self::ae_claim).
-    ae_claims: Mutex<HashMap<u32, (String, Duration)>>,
+    ae_claims: Mutex<HashMap<u32, AeClaim>>,
     /// When this node last stored hints delivered to it.
     hints_received: Mutex<Option<Duration>>,
+    /// Per peer this node holds hints for: since when anti-entropy has waited for their
+    /// delivery, and when it last asked (on [`now`](Self::now)'s clock). See
+    /// [`handoff_pending`](Self::handoff_pending).
+    hint_holds: Mutex<HashMap<String, (Duration, Duration)>>,
     /// Whether anti-entropy rounds are paused (an operator's switch, for measurements).
     pub(crate) ae_paused: std::sync::atomic::AtomicBool,
     pub(crate) swim_commands: mpsc::Sender<Command>,
@@ -255,6 +274,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             replicating: Mutex::new(HashMap::new()),
             ae_claims: Mutex::new(HashMap::new()),
             hints_received: Mutex::new(None),
+            hint_holds: Mutex::new(HashMap::new()),
             swim_commands,
             dedup: Dedup::new(),
             incarnation: AtomicU64::new(0),
@@ -478,33 +498,52 @@ impl<T: Transport, S: Store> Shared<T, S> {
             .contains_key(&(target.clone(), partition, key.to_vec()))
     }
 
-    /// Claims `partition` for an anti-entropy exchange with `peer` (as either side) for the
-    /// next [`AE_CLAIM`]; false while another peer's exchange holds it. Every step of an
-    /// exchange renews its claim, so a replica is repaired for one partition by one peer at a
-    /// time and receives each missing key once, however many peers have it.
-    pub(crate) fn ae_claim(&self, partition: u32, peer: &str) -> bool {
+    /// Claims `partition` for an anti-entropy exchange with `peer` for the next [`AE_CLAIM`]:
+    /// an exchange this node started (`started_by_peer` false) or one `peer` started and this
+    /// node serves (true). False while another exchange holds it. Every step of an exchange
+    /// renews its claim, so a replica is repaired for one partition by one peer at a time and
+    /// receives each missing key once, however many peers have it. When two replicas start
+    /// exchanges of a partition with each other at once, the one started by the smaller node
+    /// id goes on and the other stops at its next step: each would send the same keys.
+    pub(crate) fn ae_claim(&self, partition: u32, peer: &str, started_by_peer: bool) -> bool {
         let now = self.now();
         let mut claims = self.ae_claims.lock().unwrap_or_else(|e| e.into_inner());
+        let starter = |by_peer: bool| if by_peer { peer } else { self.local.as_str() };
         match claims.get(&partition) {
-            Some((holder, until)) if holder != peer && *until > now => false,
+            Some(held) if held.until > now && held.peer != peer => false,
+            Some(held)
+                if held.until > now
+                    && held.started_by_peer != started_by_peer
+                    && starter(held.started_by_peer) < starter(started_by_peer) =>
+            {
+                false
+            }
             _ => {
                 // Ended claims are dropped now and then, so the map stays at most the live ones
                 // plus the ring's partitions.
                 if claims.len() >= 4096 {
-                    claims.retain(|_, (_, until)| *until > now);
+                    claims.retain(|_, held| held.until > now);
                 }
-                claims.insert(partition, (peer.to_owned(), now + AE_CLAIM));
+                claims.insert(
+                    partition,
+                    AeClaim {
+                        peer: peer.to_owned(),
+                        started_by_peer,
+                        until: now + AE_CLAIM,
+                    },
+                );
                 true
             }
         }
     }
 
-    /// Ends `peer`'s claim of `partition` (its exchange is over).
+    /// Ends the claim of `partition` by the exchange this node started with `peer` (it is
+    /// over).
     pub(crate) fn ae_release(&self, partition: u32, peer: &str) {
         let mut claims = self.ae_claims.lock().unwrap_or_else(|e| e.into_inner());
         if claims
             .get(&partition)
-            .is_some_and(|(holder, _)| holder == peer)
+            .is_some_and(|held| held.peer == peer && !held.started_by_peer)
         {
             claims.remove(&partition);
         }
@@ -526,6 +565,51 @@ impl<T: Transport, S: Store> Shared<T, S> {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         last.is_some_and(|t| self.now().saturating_sub(t) < HINTS_RECENT)
+    }
+
+    /// Whether anti-entropy between this node and `peer` should wait (either side asks this):
+    /// hinted handoff or a coordinator's replication is about to repair one of them, and
+    /// anti-entropy would send the same keys a second time. That is while
+    /// - a handoff session to `peer` runs, or this node stored delivered hints within
+    ///   [`HINTS_RECENT`];
+    /// - a `Replicate` to `peer` is in flight;
+    /// - this node holds hints for `peer` (handoff is woken for them), for at most
+    ///   [`HINT_HOLD`] per backlog.
+    pub(crate) fn handoff_pending(&self, peer: &str) -> bool {
+        if self.handoff_active(peer) || self.receiving_hints() {
+            return true;
+        }
+        if self
+            .replicating
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .any(|(t, _, _)| t.as_str() == peer)
+        {
+            return true;
+        }
+        let holds_hints =
+            blocking(|| self.engine.hints(peer, None, 1)).is_ok_and(|h| !h.is_empty());
+        let mut holds = self.hint_holds.lock().unwrap_or_else(|e| e.into_inner());
+        if !holds_hints {
+            holds.remove(peer);
+            return false;
+        }
+        let now = self.now();
+        let (since, asked) = holds.entry(peer.to_owned()).or_insert((now, now));
+        // A wait is one stretch of rounds: a backlog last asked about long ago (the peer was
+        // down meanwhile) starts a new one.
+        if now.saturating_sub(*asked) > HINT_HOLD / 3 {
+            *since = now;
+        }
+        *asked = now;
+        if now.saturating_sub(*since) >= HINT_HOLD {
+            return false;
+        }
+        if let Ok(id) = MemberId::new(peer) {
+            let _ = self.handoff_wake.try_send(id);
+        }
+        true
     }
 
     /// Whether a handoff session is delivering hints to `target` right now.
