@@ -636,17 +636,26 @@ impl<S: Store> Engine<S> {
         limit: usize,
     ) -> Result<Vec<Hint>, StorageError> {
         let prefix = hint_key(target, 0, &[])?[..1 + target.len()].to_vec();
-        let skip_until = after.map(|(p, k)| hint_key(target, p, k)).transpose()?;
+        // One seek to just after the cursor: the hints before it (and the deletions of those
+        // already delivered) are not visited.
+        let from = match after {
+            Some((p, k)) => {
+                let mut from = hint_key(target, p, k)?;
+                from.push(0);
+                from
+            }
+            None => prefix.clone(),
+        };
         let mut hints = Vec::new();
         let mut corrupt = Vec::new();
         if limit == 0 {
             return Ok(hints);
         }
-        self.store
-            .scan_prefix(Column::Hints, &prefix, &mut |hk: &[u8], raw: &[u8]| {
-                if skip_until.as_deref().is_some_and(|s| hk <= s) {
-                    return true;
-                }
+        self.store.scan_prefix_from(
+            Column::Hints,
+            &prefix,
+            &from,
+            &mut |hk: &[u8], raw: &[u8]| {
                 let rest = &hk[prefix.len()..];
                 let partition =
                     Partition::from_be_bytes(rest[..4].try_into().expect("hint key layout"));
@@ -660,7 +669,8 @@ impl<S: Store> Engine<S> {
                     Err(_) => corrupt.push(hk.to_vec()),
                 }
                 hints.len() < limit
-            })?;
+            },
+        )?;
         if !corrupt.is_empty() {
             tracing::warn!(target, count = corrupt.len(), "dropping corrupt hints");
             self.store.write(

@@ -26,7 +26,8 @@
 //! 16-byte digest each) and next to a full copy of n3's data, and the keys still to repair over
 //! time (hints held for n3; for the wipe, keys less those anti-entropy restored on n3),
 //! plotted as SVG. Finally, foreground read throughput with anti-entropy running and paused in
-//! alternating windows while it repairs n3, wiped once more (medians of each kind compared).
+//! alternating windows while it repairs n3, wiped once more (medians of each kind compared;
+//! see [`Bench::foreground`]).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -42,7 +43,7 @@ use shoal_client::{Client, ClientConfig};
 
 use crate::chaos::Netns;
 use crate::process::{alive, send_signal};
-use crate::{DevCluster, http_get, wait_until};
+use crate::{DevCluster, http_get, metric_sample, wait_until};
 
 /// Settings of a benchmark run.
 #[derive(Clone, Debug)]
@@ -66,8 +67,8 @@ const CONVERGE_LIMIT: Duration = Duration::from_secs(600);
 const WRITERS: usize = 128;
 /// One window of the foreground read measurement.
 const FOREGROUND_WINDOW: Duration = Duration::from_secs(2);
-/// Running/paused window pairs of the foreground read measurement, at most.
-const FOREGROUND_PAIRS: usize = 5;
+/// Running-paused-paused-running quads of the foreground read measurement, at most.
+const FOREGROUND_QUADS: usize = 4;
 /// How long the idle peer traffic (SWIM, anti-entropy rounds that find nothing) is measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -334,10 +335,13 @@ impl Bench<'_> {
         result
     }
 
-    /// Foreground read throughput with anti-entropy running and paused in turn (windows of
-    /// [`FOREGROUND_WINDOW`], at most [`FOREGROUND_PAIRS`] pairs), while it repairs a wiped
-    /// n3, so the running windows measure reads next to real repair work; the keys n3
-    /// restored in each kind of window show that it did.
+    /// Foreground read throughput with anti-entropy running and paused in turn, while it
+    /// repairs a wiped n3, so the running windows measure reads next to real repair work.
+    /// Windows of [`FOREGROUND_WINDOW`] go in running-paused-paused-running quads (at most
+    /// [`FOREGROUND_QUADS`], until n3 is repaired), which cancels a steady drift of the
+    /// machine or of the cluster's state; the medians of each kind are compared. The keys n3
+    /// restored in each kind of window (its `shoal_ae_keys_repaired_total`) show that the
+    /// running windows did repair work and the paused ones none.
     async fn foreground(&self) -> Json {
         let keys = self.settings.keys.min(1000);
         let admin = |path: &str| {
@@ -345,32 +349,36 @@ impl Bench<'_> {
                 http_post(self.cluster.admin(i), path);
             }
         };
-        let restored = |statuses: &[Option<NodeStatus>]| {
-            statuses
-                .get(2)
-                .and_then(|s| s.as_ref())
-                .map(|s| s.anti_entropy.keys_repaired)
+        let n3_admin = self.cluster.admin(2);
+        let restored = || {
+            http_get(n3_admin, "/metrics")
+                .ok()
+                .and_then(|(_, body)| metric_sample(&body, "shoal_ae_keys_repaired_total"))
+                .unwrap_or(0.0)
         };
         // n3's admin endpoint takes the pause too: wait until it listens.
         wait_until("n3's admin endpoint", Duration::from_secs(60), || {
-            http_get(self.cluster.admin(2), "/health").is_ok()
+            http_get(n3_admin, "/health").is_ok()
         });
         let (mut running, mut paused) = (Vec::new(), Vec::new());
-        let (mut restored_running, mut restored_paused) = (0u64, 0u64);
-        for _ in 0..FOREGROUND_PAIRS {
-            for (is_running, rates, restored_in) in [
-                (true, &mut running, &mut restored_running),
-                (false, &mut paused, &mut restored_paused),
-            ] {
+        let (mut restored_running, mut restored_paused) = (0.0, 0.0);
+        for _ in 0..FOREGROUND_QUADS {
+            for is_running in [true, false, false, true] {
                 admin(if is_running {
                     "/anti-entropy/resume"
                 } else {
                     "/anti-entropy/pause"
                 });
-                let before = restored(&self.statuses().await).unwrap_or(0);
-                rates.push(read_rate(&self.client, keys, FOREGROUND_WINDOW).await);
-                let after = restored(&self.statuses().await).unwrap_or(before);
-                *restored_in += after.saturating_sub(before);
+                let before = restored();
+                let rate = read_rate(&self.client, keys, FOREGROUND_WINDOW).await;
+                let moved = (restored() - before).max(0.0);
+                if is_running {
+                    running.push(rate);
+                    restored_running += moved;
+                } else {
+                    paused.push(rate);
+                    restored_paused += moved;
+                }
             }
             let statuses = self.statuses().await;
             let digests: Vec<_> = statuses.iter().flatten().map(|s| s.data_digest).collect();

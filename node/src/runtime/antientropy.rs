@@ -31,8 +31,9 @@
 //!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed, and holds
 //!   an exchange in progress before its next step.
 //! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
-//!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], and every RPC uses
-//!   the peer's background budget, so foreground requests keep their share.
+//!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], a tenth of it
+//!   while the node coordinates foreground requests, and every RPC uses the peer's background
+//!   budget, so foreground requests keep their share.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -56,13 +57,27 @@ struct Pacer {
     keys_per_sec: f64,
 }
 
+/// While foreground requests are being coordinated here, anti-entropy runs at this fraction
+/// of its budget: repairs run at full speed when there are no clients, and take little from
+/// them when there are.
+const BUSY_SHARE: f64 = 0.1;
+
 impl Pacer {
-    async fn take(&mut self, keys: usize, bytes: usize) {
+    /// Waits until `keys` keys and `bytes` bytes fit the budget.
+    async fn take<T: Transport, S: Store>(
+        &mut self,
+        shared: &Shared<T, S>,
+        keys: usize,
+        bytes: usize,
+    ) {
         let now = tokio::time::Instant::now();
         if self.next < now {
             self.next = now;
         }
-        let cost = (keys as f64 / self.keys_per_sec).max(bytes as f64 / self.bytes_per_sec);
+        let mut cost = (keys as f64 / self.keys_per_sec).max(bytes as f64 / self.bytes_per_sec);
+        if shared.in_flight() > 0 {
+            cost /= BUSY_SHARE;
+        }
         self.next += Duration::from_secs_f64(cost);
         tokio::time::sleep_until(self.next).await;
     }
@@ -306,7 +321,7 @@ async fn exchange<T: Transport, S: Store>(
                     (Ok(local), Ok(PeerResponse::LeafKeys(remote))) => {
                         let bytes: usize = remote.iter().map(|(k, _)| k.len() + 16).sum();
                         received += bytes as u64;
-                        pacer.take(remote.len(), bytes).await;
+                        pacer.take(shared, remote.len(), bytes).await;
                         x.handle_leaf_keys(local, remote);
                     }
                     (Err(e), _) => x.handle_error(format!("local leaf keys: {e}")),
@@ -393,7 +408,7 @@ async fn repair<T: Transport, S: Store>(
         };
         let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
         received += bytes as u64;
-        pacer.take(records.len(), bytes).await;
+        pacer.take(shared, records.len(), bytes).await;
         merge_records(shared, partition, records, &|_, _| true)?;
     }
     if !push.is_empty() {
@@ -424,7 +439,7 @@ async fn push_records<T: Transport, S: Store>(
         return Ok(0);
     }
     let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
-    pacer.take(records.len(), bytes).await;
+    pacer.take(shared, records.len(), bytes).await;
     let request = PeerRequest::AePush {
         id: shared.next_request_id(),
         partition,
@@ -504,7 +519,7 @@ async fn fetch_leaves<T: Transport, S: Store>(
         };
         let bytes: usize = records.iter().map(|(k, r)| k.len() + r.len()).sum();
         received += bytes as u64;
-        pacer.take(records.len(), bytes).await;
+        pacer.take(shared, records.len(), bytes).await;
         keys += merge_records(shared, partition, records, wanted)?;
         match next {
             Some(leaf) => first = leaf,

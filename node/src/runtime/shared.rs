@@ -44,6 +44,24 @@ struct AeClaim {
     until: Duration,
 }
 
+impl AeClaim {
+    /// Whether this claim, held on node `local`, keeps out the exchange with `peer` (started
+    /// by `peer` when `started_by_peer`) at `now`: while it lasts, yes for another peer; for
+    /// the same peer's exchange in the other direction, yes when this claim's exchange was
+    /// started by the smaller node id.
+    fn blocks(&self, local: &str, peer: &str, started_by_peer: bool, now: Duration) -> bool {
+        if self.until <= now {
+            return false;
+        }
+        if self.peer != peer {
+            return true;
+        }
+        let starter = |by_peer: bool| if by_peer { peer } else { local };
+        self.started_by_peer != started_by_peer
+            && starter(self.started_by_peer) < starter(started_by_peer)
+    }
+}
+
 /// Which budget of a peer an RPC uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Class {
@@ -508,16 +526,8 @@ impl<T: Transport, S: Store> Shared<T, S> {
     pub(crate) fn ae_claim(&self, partition: u32, peer: &str, started_by_peer: bool) -> bool {
         let now = self.now();
         let mut claims = self.ae_claims.lock().unwrap_or_else(|e| e.into_inner());
-        let starter = |by_peer: bool| if by_peer { peer } else { self.local.as_str() };
         match claims.get(&partition) {
-            Some(held) if held.until > now && held.peer != peer => false,
-            Some(held)
-                if held.until > now
-                    && held.started_by_peer != started_by_peer
-                    && starter(held.started_by_peer) < starter(started_by_peer) =>
-            {
-                false
-            }
+            Some(held) if held.blocks(self.local.as_str(), peer, started_by_peer, now) => false,
             _ => {
                 // Ended claims are dropped now and then, so the map stays at most the live ones
                 // plus the ring's partitions.
@@ -831,4 +841,44 @@ fn read<V>(lock: &RwLock<V>) -> std::sync::RwLockReadGuard<'_, V> {
 
 fn write<V>(lock: &RwLock<V>) -> std::sync::RwLockWriteGuard<'_, V> {
     lock.write().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(peer: &str, started_by_peer: bool) -> AeClaim {
+        AeClaim {
+            peer: peer.into(),
+            started_by_peer,
+            until: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_claim_keeps_out_other_peers_until_it_ends() {
+        let held = claim("n1", true);
+        assert!(held.blocks("n3", "n2", true, Duration::from_secs(1)));
+        assert!(held.blocks("n3", "n2", false, Duration::from_secs(1)));
+        assert!(
+            !held.blocks("n3", "n2", true, Duration::from_secs(10)),
+            "ended"
+        );
+        assert!(
+            !held.blocks("n3", "n1", true, Duration::ZERO),
+            "its own next step"
+        );
+    }
+
+    #[test]
+    fn of_two_exchanges_between_the_same_replicas_the_smaller_starter_goes_on() {
+        let now = Duration::ZERO;
+        // On n3: n3 started an exchange with n1, then n1's exchange of the same partition
+        // arrives. n1 is smaller: it takes over, and n3's own next step is kept out.
+        assert!(!claim("n1", false).blocks("n3", "n1", true, now));
+        assert!(claim("n1", true).blocks("n3", "n1", false, now));
+        // On n1: n1 started, n3's exchange arrives and is kept out; n1's own steps go on.
+        assert!(claim("n3", false).blocks("n1", "n3", true, now));
+        assert!(!claim("n3", false).blocks("n1", "n3", false, now));
+    }
 }
