@@ -122,14 +122,15 @@ impl HandoffSession {
         self.failed
     }
 
-    /// The page asked for by the last `Fetch` (empty when reading hints failed: the session
-    /// then ends).
+    /// The page asked for by the last `Fetch`: empty when there are no more hints, or reading
+    /// them failed; the session then ends.
     pub fn handle_page(&mut self, hints: Vec<Hint>) {
         if !self.fetching {
             return;
         }
         self.fetching = false;
-        if hints.len() < self.page_size {
+        // A page may be short because it is full in bytes: only an empty one is the last.
+        if hints.is_empty() {
             self.last_page = true;
         }
         if let Some(last) = hints.last() {
@@ -270,9 +271,17 @@ mod tests {
         s.handle_page(vec![hint("c")]);
         let effects = drain(&mut s);
         assert!(
-            matches!(&effects[..], [HandoffEffect::Deliver { batch: 1, hints }] if hints.len() == 1),
-            "a short page is the last one: {effects:?}"
+            matches!(
+                &effects[..],
+                [
+                    HandoffEffect::Deliver { batch: 1, hints },
+                    HandoffEffect::Fetch { after: Some((1, key)), .. },
+                ] if hints.len() == 1 && key == b"c"
+            ),
+            "a short page may be full in bytes: the next one is read: {effects:?}"
         );
+        s.handle_page(vec![]);
+        assert!(drain(&mut s).is_empty(), "an empty page is the last");
         s.handle_delivered(1);
         assert_eq!(removed_keys(&drain(&mut s)), vec![b"c".to_vec()]);
         assert!(!s.is_finished(), "batch 0 is in flight");
@@ -319,8 +328,12 @@ mod tests {
         s.handle_page(vec![hint("a"), hint("b")]);
         assert!(matches!(
             drain(&mut s)[..],
-            [HandoffEffect::Deliver { batch: 0, .. }]
+            [
+                HandoffEffect::Deliver { batch: 0, .. },
+                HandoffEffect::Fetch { .. }
+            ]
         ));
+        s.handle_page(vec![]);
         s.handle_skipped(0, 1, b"a");
         s.handle_delivered(0);
         assert_eq!(

@@ -148,3 +148,72 @@ async fn keys_stay_on_the_first_n_primaries_of_their_keyspace() {
         assert!(!holds(other), "n{other} is beyond N = 1 and got a copy");
     }
 }
+
+/// A value of `members` set members of 60 KB each (about 60 KB × members encoded).
+fn big_add(tag: usize, members: usize) -> Update {
+    Update::Set(SetOp::Add(
+        (0..members)
+            .map(|m| {
+                let mut member = vec![b'x'; 60_000];
+                member.extend_from_slice(format!("-{tag}-{m}").as_bytes());
+                member
+            })
+            .collect(),
+    ))
+}
+
+#[tokio::test(start_paused = true)]
+async fn large_values_move_in_batches_that_fit_a_message() {
+    // 12 keys of about 900 KB: every hint page and anti-entropy batch would be far over the
+    // 4 MiB frame if batches were bounded by count alone.
+    const BIG: usize = 12;
+    let mut cluster = Cluster::new(24);
+    // All in one partition, so one anti-entropy exchange moves them all.
+    let (partition, _) = cluster.primaries(b"big-0");
+    let keys: Vec<Vec<u8>> = (0..)
+        .map(|i| format!("big-{i}").into_bytes())
+        .filter(|k| cluster.primaries(k).0 == partition)
+        .take(BIG)
+        .collect();
+    let big_key = |i: usize| keys[i].clone();
+    let behind = 2;
+    cluster.crash(behind);
+    for i in 0..BIG {
+        let (_, primaries) = cluster.primaries(&big_key(i));
+        let coordinator = primaries
+            .into_iter()
+            .find(|&p| cluster.nodes[p].is_some())
+            .expect("a live primary");
+        cluster
+            .node(coordinator)
+            .update(KEYSPACE, &big_key(i), big_add(i, 15), 2, TIMEOUT)
+            .await
+            .unwrap();
+    }
+    let complete = |cluster: &Cluster| {
+        (0..BIG).all(|i| {
+            let (_, primaries) = cluster.primaries(&big_key(i));
+            primaries.iter().all(|&p| {
+                matches!(cluster.local_view(p, &big_key(i)), Some(View::Set(s)) if s.len() == 15)
+            })
+        })
+    };
+    assert!(!complete(&cluster), "the crashed node missed them");
+    // Hinted handoff delivers them: every hint is acknowledged and deleted.
+    cluster.start(behind);
+    eventually(LIMIT, || {
+        complete(&cluster)
+            && cluster
+                .engines
+                .iter()
+                .all(|e| e.hint_backlog().unwrap().values().all(|b| b.keys == 0))
+    })
+    .await;
+    // Anti-entropy refills a wiped replica with them.
+    cluster.crash(behind);
+    cluster.engines[behind] =
+        Arc::new(MemoryEngine::open(MemoryStore::new(), cluster.peer(behind).id.as_str()).unwrap());
+    assert!(!complete(&cluster));
+    cluster.start(behind);
+    eventually(LIMIT, || complete(&cluster)).await;
+}

@@ -73,6 +73,11 @@ pub struct Backlog {
     pub oldest_ms: Option<u64>,
 }
 
+/// About how many bytes of records one batch read for another node holds ([`Engine::hints`],
+/// [`Engine::leaf_records`]): past the first record, a batch ends once it holds this many, so
+/// a batch of large values still fits one message (at most 1 MiB per value, 4 MiB per frame).
+pub const BATCH_BYTES: usize = 1 << 20;
+
 /// CRDT storage for one node.
 ///
 /// Updates of one key are serialized by a striped lock (read, merge, write, update the Merkle
@@ -551,8 +556,9 @@ impl<S: Store> Engine<S> {
     }
 
     /// The keys and raw record bytes of leaves `first..=last` of a partition, whole leaves at
-    /// a time, at most `limit` records (more only when the first leaf alone holds more: a leaf
-    /// is never split), and the first leaf not read when it stopped early.
+    /// a time, at most `limit` records and about [`BATCH_BYTES`] (more only when the first
+    /// leaf alone holds more: a leaf is never split), and the first leaf not read when it
+    /// stopped early.
     pub fn leaf_records(
         &self,
         partition: Partition,
@@ -565,8 +571,8 @@ impl<S: Store> Engine<S> {
         from.extend_from_slice(&first.to_be_bytes());
         let (mut records, mut next) = (Vec::new(), None);
         let mut current = first;
-        // Records of the leaves before `current` (complete leaves).
-        let mut complete = 0;
+        // Records of the leaves before `current` (complete leaves), and the bytes read.
+        let (mut complete, mut bytes) = (0, 0);
         self.store.scan_prefix_from(
             Column::Data,
             &prefix,
@@ -580,12 +586,13 @@ impl<S: Store> Engine<S> {
                     current = leaf;
                     complete = records.len();
                 }
-                if records.len() >= limit && complete > 0 {
+                if (records.len() >= limit || bytes >= BATCH_BYTES) && complete > 0 {
                     // `current` does not fit: the batch ends before it.
                     records.truncate(complete);
                     next = Some(current);
                     return false;
                 }
+                bytes += dk.len() + raw.len();
                 records.push((dk[DATA_PREFIX_LEN..].to_vec(), raw.to_vec()));
                 true
             },
@@ -628,7 +635,8 @@ impl<S: Store> Engine<S> {
     }
 
     /// Up to `limit` hints for `target`, in store order, starting after the hint for
-    /// `(partition, key)` in `after` (to skip hints whose delivery failed).
+    /// `(partition, key)` in `after` (to skip hints whose delivery failed); fewer once they
+    /// hold [`BATCH_BYTES`]. An empty page means no more hints.
     pub fn hints(
         &self,
         target: &str,
@@ -648,6 +656,7 @@ impl<S: Store> Engine<S> {
         };
         let mut hints = Vec::new();
         let mut corrupt = Vec::new();
+        let mut bytes = 0;
         if limit == 0 {
             return Ok(hints);
         }
@@ -660,15 +669,18 @@ impl<S: Store> Engine<S> {
                 let partition =
                     Partition::from_be_bytes(rest[..4].try_into().expect("hint key layout"));
                 match split_hint(raw) {
-                    Ok((created_ms, record)) => hints.push(Hint {
-                        partition,
-                        key: rest[4..].to_vec(),
-                        record,
-                        created_ms,
-                    }),
+                    Ok((created_ms, record)) => {
+                        bytes += hk.len() + raw.len();
+                        hints.push(Hint {
+                            partition,
+                            key: rest[4..].to_vec(),
+                            record,
+                            created_ms,
+                        })
+                    }
                     Err(_) => corrupt.push(hk.to_vec()),
                 }
-                hints.len() < limit
+                hints.len() < limit && bytes < BATCH_BYTES
             },
         )?;
         if !corrupt.is_empty() {

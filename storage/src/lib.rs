@@ -27,7 +27,7 @@ pub mod rocks;
 pub mod store;
 pub mod value;
 
-pub use engine::{Backlog, Engine, Hint, Partition, RawRecord, Written};
+pub use engine::{BATCH_BYTES, Backlog, Engine, Hint, Partition, RawRecord, Written};
 pub use error::{Corruption, Limit, StorageError};
 pub use merkle::{MerkleTree, NodeHash};
 pub use record::{Record, ValueHash};

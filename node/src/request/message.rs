@@ -138,7 +138,9 @@ pub enum PeerRequest {
         leaves: Vec<u16>,
     },
     /// Anti-entropy: your records of these keys of `partition`. Answered with
-    /// [`PeerResponse::Records`].
+    /// [`PeerResponse::Records`]: those it has, in order, until they hold about
+    /// [`BATCH_BYTES`](shoal_storage::BATCH_BYTES) (the asker repairs the rest in a later
+    /// round).
     AeFetch {
         /// Tracing id.
         id: RequestId,
@@ -148,8 +150,9 @@ pub enum PeerRequest {
         keys: Vec<Vec<u8>>,
     },
     /// Anti-entropy: every record of leaves `first..=last` of `partition` (the asker has none
-    /// of them). Answered with [`PeerResponse::LeafRecords`], at most
-    /// [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP) records (whole leaves) at a time.
+    /// of them). Answered with [`PeerResponse::LeafRecords`], whole leaves of at most
+    /// [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP) records and about
+    /// [`BATCH_BYTES`](shoal_storage::BATCH_BYTES) at a time.
     AeFetchLeaves {
         /// Tracing id.
         id: RequestId,
@@ -168,7 +171,8 @@ pub enum PeerRequest {
         /// The partition.
         partition: u32,
         /// `(storage key, record bytes)` (at most
-        /// [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP)).
+        /// [`MAX_PUSH_RECORDS`](crate::antientropy::MAX_PUSH_RECORDS), and about
+        /// [`BATCH_BYTES`](shoal_storage::BATCH_BYTES) past the first).
         records: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }

@@ -213,11 +213,15 @@ async fn serve<T: Transport, S: Store>(
                 ));
             }
             let records = blocking(|| {
-                let mut out = Vec::new();
+                let (mut out, mut bytes) = (Vec::new(), 0);
                 for key in keys {
+                    if bytes >= shoal_storage::BATCH_BYTES {
+                        break;
+                    }
                     // A corrupt record is not sent: the asker keeps its own state, and this
                     // node's leaf marks the key different until a healthy copy arrives.
                     if let Ok(Some(record)) = shared.engine.get_record(partition, &key) {
+                        bytes += key.len() + record.as_bytes().len();
                         out.push((key, record.as_bytes().to_vec()));
                     }
                 }
