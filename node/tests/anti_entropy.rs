@@ -22,19 +22,24 @@ fn add(member: &str) -> Update {
     Update::Set(SetOp::Add(vec![member.as_bytes().to_vec()]))
 }
 
-/// Adds `{tag}{i}` to every key `i`, coordinated by its first live primary.
+/// Applies `update` to `key` (W=2), coordinated by its first live primary.
+async fn update_at_first_live_primary(cluster: &Cluster, key: &[u8], update: Update) {
+    let (_, primaries) = cluster.primaries(key);
+    let coordinator = primaries
+        .into_iter()
+        .find(|&p| cluster.nodes[p].is_some())
+        .expect("a live primary");
+    cluster
+        .node(coordinator)
+        .update(KEYSPACE, key, update, 2, TIMEOUT)
+        .await
+        .unwrap();
+}
+
+/// Adds `{tag}{i}` to every key `i`.
 async fn write_keys(cluster: &Cluster, tag: &str) {
     for i in 0..KEYS {
-        let (_, primaries) = cluster.primaries(&key(i));
-        let coordinator = primaries
-            .into_iter()
-            .find(|&p| cluster.nodes[p].is_some())
-            .expect("a live primary");
-        cluster
-            .node(coordinator)
-            .update(KEYSPACE, &key(i), add(&format!("{tag}{i}")), 2, TIMEOUT)
-            .await
-            .unwrap();
+        update_at_first_live_primary(cluster, &key(i), add(&format!("{tag}{i}"))).await;
     }
 }
 
@@ -179,16 +184,7 @@ async fn large_values_move_in_batches_that_fit_a_message() {
     let behind = 2;
     cluster.crash(behind);
     for i in 0..BIG {
-        let (_, primaries) = cluster.primaries(&big_key(i));
-        let coordinator = primaries
-            .into_iter()
-            .find(|&p| cluster.nodes[p].is_some())
-            .expect("a live primary");
-        cluster
-            .node(coordinator)
-            .update(KEYSPACE, &big_key(i), big_add(i, 15), 2, TIMEOUT)
-            .await
-            .unwrap();
+        update_at_first_live_primary(&cluster, &big_key(i), big_add(i, 15)).await;
     }
     let complete = |cluster: &Cluster| {
         (0..BIG).all(|i| {

@@ -262,14 +262,7 @@ impl<S: Store> Engine<S> {
         items: &[(Partition, Vec<u8>, Record)],
     ) -> Result<Vec<Result<Written, StorageError>>, StorageError> {
         let keys: Vec<Vec<u8>> = items.iter().map(|(p, k, _)| data_key(*p, k)).collect();
-        let mut stripes: Vec<usize> = keys
-            .iter()
-            .map(|dk| self.stripe_index(&dk[..DATA_PREFIX_LEN]))
-            .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // Stripes are locked in index order, so concurrent batches cannot deadlock.
-        let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
+        let _guards = self.lock_stripes(keys.iter().map(|dk| dk.as_slice()));
         let mut results = Vec::with_capacity(items.len());
         let mut batch = Vec::new();
         // Per data key: the state before the batch and the latest merged state. A key that
@@ -463,6 +456,20 @@ impl<S: Store> Engine<S> {
     /// The lock of a data key. Data keys lock by partition and Merkle leaf, so one stripe
     /// covers a whole leaf (see [`Self::refresh_leaf`]); a key's hints take its data key's
     /// stripe, so a write and its hints change together.
+    /// Locks the stripes of several data keys, in index order, so concurrent batches cannot
+    /// deadlock.
+    fn lock_stripes<'a>(
+        &self,
+        data_keys: impl Iterator<Item = &'a [u8]>,
+    ) -> Vec<parking_lot::MutexGuard<'_, ()>> {
+        let mut stripes: Vec<usize> = data_keys
+            .map(|dk| self.stripe_index(&dk[..DATA_PREFIX_LEN]))
+            .collect();
+        stripes.sort_unstable();
+        stripes.dedup();
+        stripes.iter().map(|&i| self.stripes[i].lock()).collect()
+    }
+
     fn stripe(&self, key: &[u8]) -> &Mutex<()> {
         &self.stripes[self.stripe_index(key)]
     }
@@ -708,16 +715,11 @@ impl<S: Store> Engine<S> {
             .iter()
             .map(|(partition, key, _)| hint_key(target, *partition, key))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut stripes: Vec<usize> = delivered
+        let data_keys: Vec<Vec<u8>> = delivered
             .iter()
-            .map(|(partition, key, _)| {
-                self.stripe_index(&data_key(*partition, key)[..DATA_PREFIX_LEN])
-            })
+            .map(|(partition, key, _)| data_key(*partition, key))
             .collect();
-        stripes.sort_unstable();
-        stripes.dedup();
-        // In index order, as `merge_many` locks them.
-        let _guards: Vec<_> = stripes.iter().map(|&i| self.stripes[i].lock()).collect();
+        let _guards = self.lock_stripes(data_keys.iter().map(|dk| dk.as_slice()));
         let mut batch = Vec::new();
         for (hk, (_, _, hash)) in hint_keys.into_iter().zip(delivered) {
             if self.hint_holds(&hk, *hash)? {
