@@ -383,6 +383,20 @@ pub fn roots_summary(pairs: impl IntoIterator<Item = (u32, NodeHash)>) -> NodeHa
     h.digest128()
 }
 
+/// An `AeRoots` request naming at most this many partitions is answered with their roots.
+pub const ROOTS_DIRECT: usize = 32;
+/// Partitions per group summary in the answer to a larger `AeRoots` request.
+pub const ROOTS_GROUP: usize = 16;
+
+/// The [`roots_summary`] of each group of [`ROOTS_GROUP`] consecutive `(partition, root)`
+/// pairs, in order.
+pub fn group_summaries(pairs: &[(u32, NodeHash)]) -> Vec<NodeHash> {
+    pairs
+        .chunks(ROOTS_GROUP)
+        .map(|group| roots_summary(group.iter().copied()))
+        .collect()
+}
+
 /// Most partitions a bitmap may name (a ring has at most 65536).
 pub const MAX_PARTITIONS: usize = 65_536;
 
@@ -603,6 +617,17 @@ mod tests {
         assert_eq!(roots_summary(roots), roots_summary(roots));
         assert_ne!(roots_summary(roots), roots_summary([(1, 10u128), (2, 21)]));
         assert_ne!(roots_summary(roots), roots_summary([(1, 10u128)]));
+        // Groups of ROOTS_GROUP pairs, the last one shorter; one root changed changes only
+        // its group's summary.
+        let many: Vec<(u32, u128)> = (0..40u32).map(|p| (p, u128::from(p) * 7)).collect();
+        let groups = group_summaries(&many);
+        assert_eq!(groups.len(), 3);
+        assert_eq!(groups[2], roots_summary(many[32..].iter().copied()));
+        let mut changed = many.clone();
+        changed[20].1 += 1;
+        let other = group_summaries(&changed);
+        assert_eq!((groups[0], groups[2]), (other[0], other[2]));
+        assert_ne!(groups[1], other[1]);
         assert_eq!(empty_hashes()[DEPTH], 0, "an empty leaf is the empty XOR");
         assert_eq!(empty_hashes()[0], MerkleTree::default().root());
     }

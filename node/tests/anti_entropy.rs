@@ -213,3 +213,61 @@ async fn large_values_move_in_batches_that_fit_a_message() {
     cluster.start(behind);
     eventually(LIMIT, || complete(&cluster)).await;
 }
+
+/// Message bytes of `kind` every running node has sent peers so far.
+fn peer_bytes_sent(cluster: &Cluster, kind: &str) -> f64 {
+    let series = format!("shoal_peer_bytes_sent_total{{kind=\"{kind}\"}}");
+    cluster
+        .up()
+        .iter()
+        .map(|&i| {
+            let text = cluster.node(i).render_metrics();
+            text.lines()
+                .find(|l| l.starts_with(&series))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum()
+}
+
+#[tokio::test(start_paused = true)]
+async fn one_differing_partition_costs_group_summaries_not_every_root() {
+    // 256 partitions over 5 nodes: two nodes share about 77, more than one roots answer
+    // names directly, so a comparison that differs answers with group summaries first.
+    let cluster = Cluster::with_config(24, |c| c.ring.partitions = 256);
+    write_keys(&cluster, "m").await;
+    cluster.settle().await;
+    assert!(healed(&cluster));
+    // The roots bytes of the idle rounds in a stretch of time, for comparison.
+    let stretch = Duration::from_secs(20);
+    let before = peer_bytes_sent(&cluster, "ae_roots");
+    tokio::time::sleep(stretch).await;
+    let idle = peer_bytes_sent(&cluster, "ae_roots") - before;
+
+    // One replica alone gets a new element of one key, as if its replication was lost.
+    let (partition, primaries) = cluster.primaries(&key(0));
+    let skey = shoal_node::storage_key(KEYSPACE, &key(0)).unwrap();
+    cluster.engines[primaries[0]]
+        .apply(partition, &skey, &add("only-here"))
+        .unwrap();
+    let before = peer_bytes_sent(&cluster, "ae_roots");
+    let started = tokio::time::Instant::now();
+    eventually(LIMIT, || {
+        primaries
+            .iter()
+            .all(|&p| matches!(cluster.local_view(p, &key(0)), Some(View::Set(s)) if s.len() == 2))
+    })
+    .await;
+    assert!(started.elapsed() < stretch, "repaired within the stretch");
+    tokio::time::sleep_until(started + stretch).await;
+    let repair = peer_bytes_sent(&cluster, "ae_roots") - before;
+    // Two comparisons at least find the difference (the replica that has it with each of the
+    // other two); each would carry about 77 roots of 17 bytes if every root were sent.
+    let every_root = 77.0 * 17.0;
+    eprintln!("roots bytes: idle {idle}, with one differing partition {repair}");
+    assert!(
+        repair - idle < every_root,
+        "{repair} roots bytes with one differing partition, {idle} idle"
+    );
+}

@@ -42,7 +42,7 @@ use shoal_client::tls::TlsMaterial;
 use shoal_client::{Client, ClientConfig};
 
 use crate::chaos::Netns;
-use crate::process::{alive, send_signal};
+use crate::process::{alive, cpu_seconds, send_signal};
 use crate::{DevCluster, http_get, metric_sample, wait_until};
 
 /// Settings of a benchmark run.
@@ -366,6 +366,13 @@ impl Bench<'_> {
         read_rate(&self.client, keys, FOREGROUND_WINDOW).await;
         let (mut running, mut paused) = (Vec::new(), Vec::new());
         let (mut restored_running, mut restored_paused) = (0.0, 0.0);
+        // CPU seconds each node used in each kind of window, to tell a repair that takes CPU
+        // from reads from one that delays them otherwise.
+        let pids: Vec<i32> = ["n1", "n2", "n3"].iter().map(|n| self.pid(n)).collect();
+        let cpu = || pids.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
+        let (mut cpu_running, mut cpu_paused) = (vec![0.0; 3], vec![0.0; 3]);
+        // Peer message bytes by kind sent in each kind of window.
+        let (mut sent_running, mut sent_paused) = (BTreeMap::new(), BTreeMap::new());
         for _ in 0..FOREGROUND_QUADS {
             for is_running in [true, false, false, true] {
                 admin(if is_running {
@@ -373,15 +380,35 @@ impl Bench<'_> {
                 } else {
                     "/anti-entropy/pause"
                 });
-                let before = restored();
+                let (before, cpu_before) = (restored(), cpu());
+                let sent_before = traffic_by_kind(self.cluster);
                 let rate = read_rate(&self.client, keys, FOREGROUND_WINDOW).await;
                 let moved = (restored() - before).max(0.0);
-                if is_running {
-                    running.push(rate);
-                    restored_running += moved;
+                let (restored_kind, cpu_kind, sent_kind, rates) = if is_running {
+                    (
+                        &mut restored_running,
+                        &mut cpu_running,
+                        &mut sent_running,
+                        &mut running,
+                    )
                 } else {
-                    paused.push(rate);
-                    restored_paused += moved;
+                    (
+                        &mut restored_paused,
+                        &mut cpu_paused,
+                        &mut sent_paused,
+                        &mut paused,
+                    )
+                };
+                for (kind, bytes) in traffic_by_kind(self.cluster) {
+                    let delta = bytes - sent_before.get(&kind).copied().unwrap_or(0.0);
+                    *sent_kind.entry(kind).or_insert(0.0) += delta.max(0.0);
+                }
+                rates.push(rate);
+                *restored_kind += moved;
+                for (total, (after, before)) in
+                    cpu_kind.iter_mut().zip(cpu().iter().zip(&cpu_before))
+                {
+                    *total += after - before;
                 }
             }
             let statuses = self.statuses().await;
@@ -401,6 +428,10 @@ impl Bench<'_> {
             "loss": round(1.0 - running_median / paused_median.max(1e-9)),
             "keys_restored_running": restored_running,
             "keys_restored_paused": restored_paused,
+            "node_cpu_seconds_running": cpu_running.iter().map(|c| round(*c)).collect::<Vec<_>>(),
+            "node_cpu_seconds_paused": cpu_paused.iter().map(|c| round(*c)).collect::<Vec<_>>(),
+            "message_bytes_running": sent_running,
+            "message_bytes_paused": sent_paused,
         });
         progress(&result.to_string());
         result

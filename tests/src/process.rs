@@ -87,3 +87,24 @@ pub fn alive(pid: i32) -> bool {
         Err(_) => false,
     }
 }
+
+/// CPU time (user + system) a process has used so far, in seconds; 0 when it cannot be read
+/// (Linux `/proc/<pid>/stat`, clock ticks of 1/100 s).
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces; fields after its ')' are plain.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15, so 11 and 12 after the state (field 3).
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    (ticks(11) + ticks(12)) / 100.0
+}

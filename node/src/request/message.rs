@@ -105,8 +105,9 @@ pub enum PeerRequest {
         id: RequestId,
     },
     /// Anti-entropy: compare the roots of your trees of these partitions with mine (one
-    /// request per peer and round). Answered with [`PeerResponse::Roots`]: nothing more when
-    /// `summary` matches the receiver's own, else one root per partition, in order.
+    /// request per peer and round, and a second one for the groups that differ). Answered
+    /// with [`PeerResponse::Roots`]: nothing more when `summary` matches the receiver's own,
+    /// else the roots, or the group summaries of a large request that allows them.
     AeRoots {
         /// Tracing id.
         id: RequestId,
@@ -114,6 +115,9 @@ pub enum PeerRequest {
         partitions: Vec<u8>,
         /// The asker's [`roots_summary`](crate::antientropy::roots_summary) of them.
         summary: u128,
+        /// Whether the answer may be group summaries instead of roots (the first request of
+        /// a round; the second asks for roots).
+        grouped: bool,
     },
     /// Anti-entropy: the hashes of the children of `nodes` at `level` of your tree of
     /// `partition`. Answered with [`PeerResponse::Hashes`].
@@ -252,10 +256,21 @@ pub enum PeerResponse {
     /// Answer to `AeRoots`. When hinted handoff is repairing one of the two (the answering node
     /// is delivering hints to the asker, or is receiving hints from anyone), anti-entropy
     /// with it waits, so the two do not send the same keys; no roots are sent then.
+    ///
+    /// When the summaries differ, a request naming at most
+    /// [`ROOTS_DIRECT`](crate::antientropy::ROOTS_DIRECT) partitions gets their roots; a larger
+    /// one gets the summaries of its groups of
+    /// [`ROOTS_GROUP`](crate::antientropy::ROOTS_GROUP) partitions instead, and the asker
+    /// then asks for the partitions of the groups that differ. So one differing partition
+    /// among hundreds costs two small answers, not every root.
     Roots {
         /// One root per asked partition, in order; empty when the summaries matched (every
-        /// root is equal) or when `handoff_running`.
+        /// root is equal), when `groups` is sent instead, or when `handoff_running`.
         roots: Vec<u128>,
+        /// One [`roots_summary`](crate::antientropy::roots_summary) per group of
+        /// `ROOTS_GROUP` asked partitions, in order (the last group may be smaller); empty
+        /// unless more than `ROOTS_DIRECT` partitions were asked and the summaries differ.
+        groups: Vec<u128>,
         /// Hinted handoff to or from the answering node is running: compare later.
         handoff_running: bool,
     },

@@ -12,7 +12,11 @@
 //!   after twice it (at most `ae_max_interval`).
 //! - **Cheap when equal.** The roots request names the shared partitions as a bitmap and
 //!   carries a summary hash of the asker's roots; when the peer's summary matches, the answer
-//!   carries no roots. An idle round costs a few dozen bytes per peer.
+//!   carries no roots. An idle round costs a few dozen bytes per peer. When they differ, the
+//!   answer carries one summary per group of 16 partitions, and a second request asks for the
+//!   roots of the groups that differ only (see [`peer_roots`]).
+//! - **Every step is paced.** Besides its keys and bytes, each round trip of an exchange costs
+//!   the budget a fixed number of keys, so hash descents also yield to foreground work.
 //! - **Handoff first.** While hinted handoff runs between the two, or into either of them
 //!   from anyone (a node that stored delivered hints within the last 3 s), their
 //!   comparison waits: hinted handoff is already sending those keys, and anti-entropy would
@@ -45,8 +49,8 @@ use tokio::sync::mpsc;
 
 use super::shared::{Class, Shared, blocking};
 use crate::antientropy::{
-    AeEffect, Exchange, ExchangeReport, KEYS_PER_STEP, MAX_PUSH_RECORDS, partition_bitmap,
-    roots_summary,
+    AeEffect, Exchange, ExchangeReport, KEYS_PER_STEP, MAX_PUSH_RECORDS, ROOTS_GROUP,
+    group_summaries, partition_bitmap, roots_summary,
 };
 use crate::request::message::{PeerRequest, PeerResponse, record_from_wire};
 use crate::transport::Transport;
@@ -174,37 +178,20 @@ async fn round<T: Transport, S: Store>(
         let ids: Vec<u32> = partitions.iter().map(|(p, _, _)| *p).collect();
         let ours: Vec<u128> =
             blocking(|| ids.iter().map(|&p| shared.engine.merkle_root(p)).collect());
-        let bitmap = partition_bitmap(&ids);
-        let request = PeerRequest::AeRoots {
-            id: shared.next_request_id(),
-            summary: roots_summary(ids.iter().copied().zip(ours.iter().copied())),
-            partitions: bitmap,
-        };
-        let timeout = shared.config.background_timeout;
-        let roots = match shared
-            .call(peer, &request, timeout, Class::Background)
-            .await
-        {
-            Ok(PeerResponse::Roots {
-                handoff_running: true,
-                ..
-            }) => {
+        let roots = match peer_roots(shared, peer, &ids, &ours).await {
+            Ok(Some(roots)) => roots,
+            Ok(None) => {
                 tracing::debug!(%peer, "anti-entropy waits for the peer's hinted handoff");
                 incomplete.extend(ids);
                 waited = true;
                 continue;
             }
-            Ok(PeerResponse::Roots { roots, .. }) if roots.is_empty() => ours.clone(),
-            Ok(PeerResponse::Roots { roots, .. }) if roots.len() == partitions.len() => roots,
-            other => {
-                tracing::debug!(%peer, error = %describe(other), "anti-entropy roots not compared");
+            Err(error) => {
+                tracing::debug!(%peer, %error, "anti-entropy roots not compared");
                 incomplete.extend(ids);
                 continue;
             }
         };
-        shared
-            .metrics
-            .ae_exchange(16 + ids.len() as u64 / 8, 16 * roots.len() as u64);
         for ((&(p, mine, theirs), theirs_root), our_root) in partitions.iter().zip(roots).zip(&ours)
         {
             if *our_root == theirs_root {
@@ -246,6 +233,99 @@ async fn round<T: Transport, S: Store>(
     (moved, waited)
 }
 
+/// The peer's roots of partitions `ids` (`ours`: this node's, in the same order), or `None`
+/// while hinted handoff runs to or from it. Partitions whose group summaries match are
+/// returned as `ours`: the first request may be answered with group summaries, and then only
+/// the groups that differ are asked again, for their roots.
+async fn peer_roots<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    peer: &MemberId,
+    ids: &[u32],
+    ours: &[u128],
+) -> Result<Option<Vec<u128>>, String> {
+    let ask = |ids: &[u32], ours: &[u128], grouped: bool| PeerRequest::AeRoots {
+        id: shared.next_request_id(),
+        summary: roots_summary(ids.iter().copied().zip(ours.iter().copied())),
+        partitions: partition_bitmap(ids),
+        grouped,
+    };
+    let timeout = shared.config.background_timeout;
+    let (roots, groups) = match shared
+        .call(peer, &ask(ids, ours, true), timeout, Class::Background)
+        .await
+    {
+        Ok(PeerResponse::Roots {
+            handoff_running: true,
+            ..
+        }) => return Ok(None),
+        Ok(PeerResponse::Roots { roots, groups, .. }) => (roots, groups),
+        other => return Err(describe(other)),
+    };
+    let asked = 17 + ids.len() as u64 / 8;
+    shared
+        .metrics
+        .ae_exchange(asked, 16 * (roots.len() + groups.len()) as u64);
+    if roots.is_empty() && groups.is_empty() {
+        return Ok(Some(ours.to_vec()));
+    }
+    if roots.len() == ids.len() {
+        return Ok(Some(roots));
+    }
+    if groups.len() != ids.len().div_ceil(ROOTS_GROUP) {
+        return Err(format!(
+            "{} roots and {} group summaries for {} partitions",
+            roots.len(),
+            groups.len(),
+            ids.len()
+        ));
+    }
+    let pairs: Vec<(u32, u128)> = ids.iter().copied().zip(ours.iter().copied()).collect();
+    let differ: Vec<usize> = group_summaries(&pairs)
+        .iter()
+        .zip(&groups)
+        .enumerate()
+        .filter(|(_, (mine, theirs))| mine != theirs)
+        .flat_map(|(g, _)| g * ROOTS_GROUP..((g + 1) * ROOTS_GROUP).min(ids.len()))
+        .collect();
+    let mut theirs = ours.to_vec();
+    if differ.is_empty() {
+        // Equal groups but unequal summaries: the roots changed between the two reads.
+        return Ok(Some(theirs));
+    }
+    let (sub_ids, sub_ours): (Vec<u32>, Vec<u128>) =
+        differ.iter().map(|&i| (ids[i], ours[i])).unzip();
+    match shared
+        .call(
+            peer,
+            &ask(&sub_ids, &sub_ours, false),
+            timeout,
+            Class::Background,
+        )
+        .await
+    {
+        Ok(PeerResponse::Roots {
+            handoff_running: true,
+            ..
+        }) => Ok(None),
+        Ok(PeerResponse::Roots { roots, .. }) if roots.is_empty() => Ok(Some(theirs)),
+        Ok(PeerResponse::Roots { roots, .. }) if roots.len() == differ.len() => {
+            shared
+                .metrics
+                .ae_exchange(17 + sub_ids.len() as u64 / 8, 16 * roots.len() as u64);
+            for (i, root) in differ.into_iter().zip(roots) {
+                theirs[i] = root;
+            }
+            Ok(Some(theirs))
+        }
+        other => Err(describe(other)),
+    }
+}
+
+/// What one step of an exchange costs the budget before its own keys and bytes, in keys: a
+/// round trip (two RPC hand-offs, a tree or store read) costs about what handling this many
+/// keys does, so a descent through hash levels is paced like the repairs it leads to.
+const STEP_KEYS: usize = 32;
+
 /// How often a paused exchange looks whether anti-entropy was resumed.
 const PAUSE_POLL: Duration = Duration::from_millis(50);
 
@@ -274,6 +354,10 @@ async fn exchange<T: Transport, S: Store>(
         let step = !matches!(effect, AeEffect::Done(_));
         while step && shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {
             tokio::time::sleep(PAUSE_POLL).await;
+        }
+        if step {
+            // Every round trip has a cost of its own, whatever it carries.
+            pacer.take(shared, STEP_KEYS, 0).await;
         }
         let id = shared.next_request_id();
         if step && !shared.ae_claim(partition, peer.as_str(), false) {

@@ -144,6 +144,7 @@ async fn serve<T: Transport, S: Store>(
         PeerRequest::AeRoots {
             partitions,
             summary,
+            grouped,
             ..
         } => {
             let partitions = crate::antientropy::bitmap_partitions(&partitions)
@@ -151,20 +152,27 @@ async fn serve<T: Transport, S: Store>(
             if shared.handoff_pending(from.as_str()) {
                 return Ok(PeerResponse::Roots {
                     roots: Vec::new(),
+                    groups: Vec::new(),
                     handoff_running: true,
                 });
             }
-            let roots: Vec<u128> = blocking(|| {
+            let pairs: Vec<(u32, u128)> = blocking(|| {
                 partitions
                     .iter()
-                    .map(|&p| shared.engine.merkle_root(p))
+                    .map(|&p| (p, shared.engine.merkle_root(p)))
                     .collect()
             });
-            let ours = crate::antientropy::roots_summary(
-                partitions.iter().copied().zip(roots.iter().copied()),
-            );
+            let (roots, groups) =
+                if crate::antientropy::roots_summary(pairs.iter().copied()) == summary {
+                    (Vec::new(), Vec::new())
+                } else if !grouped || pairs.len() <= crate::antientropy::ROOTS_DIRECT {
+                    (pairs.iter().map(|(_, root)| *root).collect(), Vec::new())
+                } else {
+                    (Vec::new(), crate::antientropy::group_summaries(&pairs))
+                };
             Ok(PeerResponse::Roots {
-                roots: if ours == summary { Vec::new() } else { roots },
+                roots,
+                groups,
                 handoff_running: false,
             })
         }
