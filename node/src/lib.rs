@@ -15,6 +15,9 @@
 //!   connection per peer pair) and [`MemoryTransport`] (seeded fault injection for
 //!   simulation), one conformance suite for both; plus the client inbox for client-to-node
 //!   connections (the dialing side, [`QuicClient`](transport::QuicClient), is `shoal-client`'s).
+//!   A node's QUIC stateless-reset and connection-ID keys derive from its TLS key, so a node
+//!   restarted after a crash resets its peers' and clients' old connections on their first
+//!   packet instead of leaving them to the idle timeout.
 //! - [`request`]: the request path as state machines without I/O: sloppy-quorum target
 //!   selection, the [`UpdateCoordinator`](request::UpdateCoordinator) and
 //!   [`GetCoordinator`](request::GetCoordinator) (read repair), quorum errors that say

@@ -76,7 +76,12 @@ fn progress(message: &str) {
     eprintln!("bench-convergence: {message}");
 }
 
-/// Bytes the nodes sent each other so far (the OUTPUT counting rule).
+/// IPv4 and UDP header bytes of each packet, which iptables counts and the wire figures leave
+/// out.
+const IP_UDP_HEADERS: u64 = 28;
+
+/// UDP payload bytes the nodes sent each other so far (the OUTPUT counting rule counts whole
+/// IP packets; their headers are taken off).
 fn peer_bytes(ns: &Netns) -> u64 {
     let output = Command::new("ip")
         .args([
@@ -96,7 +101,12 @@ fn peer_bytes(ns: &Netns) -> u64 {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter(|l| l.contains("multiport"))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .filter_map(|l| {
+            let mut fields = l.split_whitespace();
+            let packets = fields.next()?.parse::<u64>().ok()?;
+            let bytes = fields.next()?.parse::<u64>().ok()?;
+            Some(bytes.saturating_sub(packets * IP_UDP_HEADERS))
+        })
         .sum()
 }
 

@@ -144,6 +144,28 @@ pub enum BindError {
     },
 }
 
+/// The endpoint settings of a node: its stateless-reset key and connection-ID key are
+/// derived from its TLS private key, so they are the same after a restart (RFC 9000 §10.3).
+/// A peer that still holds a connection to the previous process then gets a valid stateless
+/// reset for its first packet and drops that connection at once; with random keys it would
+/// keep sending into it (SWIM and RPCs lost) until the idle timeout, and the restarted node's
+/// own connection would meanwhile be closed as a duplicate.
+fn endpoint_config(material: &TlsMaterial) -> quinn::EndpointConfig {
+    use ring::hmac;
+    let secret = hmac::Key::new(hmac::HMAC_SHA256, material.key().secret_der());
+    let derive = |label: &[u8]| hmac::sign(&secret, label);
+    let reset = derive(b"shoal QUIC stateless reset key v1");
+    let cid = derive(b"shoal QUIC connection ID key v1");
+    let cid_key = u64::from_le_bytes(cid.as_ref()[..8].try_into().expect("8 bytes"));
+    let mut config =
+        quinn::EndpointConfig::new(Arc::new(hmac::Key::new(hmac::HMAC_SHA256, reset.as_ref())));
+    config.cid_generator(move || {
+        Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+            as Box<dyn quinn::ConnectionIdGenerator>
+    });
+    config
+}
+
 /// A connection to a peer, which side dialed it, and when it was installed.
 #[derive(Clone)]
 struct Link {
@@ -237,7 +259,14 @@ impl QuicTransport {
             addr: config.listen,
             source,
         };
-        let endpoint = quinn::Endpoint::server(server, config.listen).map_err(io)?;
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(io)?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(&material),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .map_err(io)?;
         let addr = endpoint.local_addr().map_err(io)?;
         let (inbox, peer_inbox) = InboxSender::new(config.inbox_capacity);
         let (clients, client_rx) = mpsc::channel(config.inbox_capacity.max(1));

@@ -25,6 +25,23 @@ async fn bind_with(
     QuicTransport::bind(material, config).await.unwrap()
 }
 
+/// Binds a restarted node on the address of one that went, once its socket is released.
+async fn rebind(
+    material: &TlsMaterial,
+    config: &QuicConfig,
+) -> (QuicTransport, Inbox, ClientInbox) {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            match QuicTransport::bind(material.clone(), config.clone()).await {
+                Ok(bound) => break bound,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("the old socket is released")
+}
+
 fn live_links(t: &QuicTransport, peer: &NodeId) -> usize {
     let slot = t.inner.slot(peer);
     let mut links = slot.lock_links();
@@ -318,16 +335,7 @@ async fn reconnects_after_the_connection_fails() {
     };
     // The socket is released once the last task of the old transport has let go of it.
     drop(b);
-    let (b2, b2_inbox, _) = tokio::time::timeout(PATIENCE, async {
-        loop {
-            match QuicTransport::bind(material.clone(), config.clone()).await {
-                Ok(bound) => break bound,
-                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-            }
-        }
-    })
-    .await
-    .expect("the old socket is released");
+    let (b2, b2_inbox, _) = rebind(&material, &config).await;
     serve(b2_inbox.rpcs);
     tokio::time::timeout(PATIENCE, async {
         loop {
@@ -344,4 +352,78 @@ async fn reconnects_after_the_connection_fails() {
     .expect("a reaches the restarted b");
     // Datagrams flow on the new connection too.
     deliver_datagram(&b2, a.local(), &mut a_inbox, Bytes::from("back")).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_crashed_and_restarted_is_reached_without_waiting_for_the_idle_timeout() {
+    // Connections would stay up far longer than the test waits, so only a stateless reset
+    // from the restarted peer can end the old one in time.
+    let config = QuicConfig {
+        idle_timeout: 20 * PATIENCE,
+        ..QuicConfig::for_test()
+    };
+    let ca = ClusterCa::generate().unwrap();
+    let (a, _a_inbox, _) = bind_with(&ca, &node_id(0), config.clone()).await;
+    let issued = ca.issue(&Identity::Node(node_id(1))).unwrap();
+    let material = TlsMaterial::from_issued(&ca, &issued).unwrap();
+
+    // b runs on a runtime of its own, so it can die like a killed process: its tasks and
+    // socket are dropped and no connection close is ever sent.
+    let b_runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let b_addr = {
+        let (material, config) = (material.clone(), config.clone());
+        b_runtime
+            .spawn(async move {
+                let (b, b_inbox, _) = QuicTransport::bind(material, config).await.unwrap();
+                serve(b_inbox.rpcs);
+                let addr = b.local().addr;
+                // Held by a task of its runtime, so it goes with it.
+                tokio::spawn(async move {
+                    let _b = b;
+                    std::future::pending::<()>().await
+                });
+                addr
+            })
+            .await
+            .unwrap()
+    };
+    let b_peer = Peer {
+        id: node_id(1),
+        addr: b_addr,
+    };
+    a.rpc(&b_peer, Bytes::from("x"), PATIENCE).await.unwrap();
+    let old = a.inner.slot(&node_id(1)).live().unwrap();
+    b_runtime.shutdown_background();
+
+    // b restarts on the same address with the same key.
+    let restarted = QuicConfig {
+        listen: b_addr,
+        ..config
+    };
+    let (b2, b2_inbox, _) = rebind(&material, &restarted).await;
+    serve(b2_inbox.rpcs);
+    tokio::time::timeout(4 * PATIENCE, async {
+        loop {
+            match a
+                .rpc(&b_peer, Bytes::from("x"), Duration::from_secs(1))
+                .await
+            {
+                Ok(_) => break,
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("a reaches the restarted b");
+    assert!(
+        matches!(old.close_reason(), Some(ConnectionError::Reset)),
+        "the old connection ended by a stateless reset: {:?}",
+        old.close_reason()
+    );
+    b2.shutdown().await;
+    a.shutdown().await;
 }
