@@ -2,8 +2,22 @@
 //!
 //! Concurrent synced writes from several threads share one fsync through RocksDB's write group
 //! (group commit), so durability costs one fsync per group, not per update.
+//!
+//! # Deletions
+//!
+//! A deleted key stays in RocksDB as a tombstone until a compaction drops it, and every seek
+//! and scan walks over the tombstones in its range. The hints column is a queue: every write
+//! puts a hint per replica and deletes it once the replica confirms, so a node that took a
+//! million writes holds millions of tombstones there, and looking for the first hint of a
+//! target (anti-entropy asks that every round; every metrics scrape counts the backlog) walked
+//! them all: a third of a sender's CPU in a profile of a replica refill. So after every
+//! [`COMPACT_AFTER_DELETES`] deletions in a column, the store compacts that column on a
+//! thread of its own (one at a time per column), which flushes its memtable and drops the
+//! tombstones.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocksdb::{
     ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch, WriteOptions,
@@ -12,9 +26,16 @@ use rocksdb::{
 use crate::error::StorageError;
 use crate::store::{BatchOp, Column, Store};
 
+/// Deletions in one column after which the store compacts that column.
+pub const COMPACT_AFTER_DELETES: u64 = 50_000;
+
 /// A RocksDB database in one directory.
 pub struct RocksStore {
-    db: DB,
+    db: Arc<DB>,
+    /// Per column: deletions since its last compaction started.
+    deletes: [AtomicU64; Column::ALL.len()],
+    /// Per column: a compaction is running.
+    compacting: Arc<[AtomicBool; Column::ALL.len()]>,
 }
 
 impl RocksStore {
@@ -28,7 +49,41 @@ impl RocksStore {
             .iter()
             .map(|c| ColumnFamilyDescriptor::new(c.name(), Options::default()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
-        Ok(RocksStore { db })
+        Ok(RocksStore {
+            db: Arc::new(db),
+            deletes: Default::default(),
+            compacting: Default::default(),
+        })
+    }
+
+    /// Counts `n` deletions in `column`, and starts a compaction of it on a thread of its own
+    /// once [`COMPACT_AFTER_DELETES`] have accumulated and none is running.
+    fn deleted(&self, column: Column, n: u64) {
+        let i = column.index();
+        if self.deletes[i].fetch_add(n, Ordering::Relaxed) + n < COMPACT_AFTER_DELETES
+            || self.compacting[i].swap(true, Ordering::AcqRel)
+        {
+            return;
+        }
+        self.deletes[i].store(0, Ordering::Relaxed);
+        let (db, compacting) = (self.db.clone(), self.compacting.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("compact-{}", column.name()))
+            .spawn(move || {
+                if let Some(cf) = db.cf_handle(column.name()) {
+                    // Rewrite the bottom level too: a flushed file of tombstones is otherwise
+                    // moved down as it is, tombstones and all.
+                    let mut options = rocksdb::CompactOptions::default();
+                    options
+                        .set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+                    options.set_exclusive_manual_compaction(false);
+                    db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &options);
+                }
+                compacting[i].store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.compacting[i].store(false, Ordering::Release);
+        }
     }
 
     fn cf(&self, column: Column) -> &rocksdb::ColumnFamily {
@@ -45,15 +100,25 @@ impl Store for RocksStore {
 
     fn write(&self, batch: Vec<BatchOp>) -> Result<(), StorageError> {
         let mut wb = WriteBatch::default();
+        let mut deletes = [0u64; Column::ALL.len()];
         for op in batch {
             match op {
                 BatchOp::Put(column, key, value) => wb.put_cf(self.cf(column), key, value),
-                BatchOp::Delete(column, key) => wb.delete_cf(self.cf(column), key),
+                BatchOp::Delete(column, key) => {
+                    deletes[column.index()] += 1;
+                    wb.delete_cf(self.cf(column), key)
+                }
             }
         }
         let mut options = WriteOptions::default();
         options.set_sync(true);
-        Ok(self.db.write_opt(wb, &options)?)
+        self.db.write_opt(wb, &options)?;
+        for column in Column::ALL {
+            if deletes[column.index()] > 0 {
+                self.deleted(column, deletes[column.index()]);
+            }
+        }
+        Ok(())
     }
 
     fn scan_prefix_from(
@@ -93,5 +158,73 @@ impl Store for RocksStore {
             self.db.flush_cf(self.cf(column))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    fn property(store: &RocksStore, column: Column, name: &str) -> u64 {
+        store
+            .db
+            .property_int_value_cf(store.cf(column), name)
+            .unwrap()
+            .unwrap_or(0)
+    }
+
+    #[test]
+    fn a_column_with_many_deletions_is_compacted_to_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..COMPACT_AFTER_DELETES)
+            .map(|i| format!("hint-{i:08}").into_bytes())
+            .collect();
+        for chunk in keys.chunks(5000) {
+            let put = chunk
+                .iter()
+                .map(|k| BatchOp::Put(Column::Hints, k.clone(), vec![1; 100]))
+                .collect();
+            store.write(put).unwrap();
+            let delete = chunk
+                .iter()
+                .map(|k| BatchOp::Delete(Column::Hints, k.clone()))
+                .collect();
+            store.write(delete).unwrap();
+        }
+        // The last deletion started a compaction: the memtable is flushed and the puts and
+        // their tombstones are dropped, so nothing is left to walk over.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let memtable =
+                property(
+                    &store,
+                    Column::Hints,
+                    "rocksdb.num-entries-active-mem-table",
+                ) + property(&store, Column::Hints, "rocksdb.num-entries-imm-mem-tables");
+            let files = property(&store, Column::Hints, "rocksdb.total-sst-files-size");
+            if memtable == 0
+                && files == 0
+                && !store.compacting[Column::Hints.index()].load(Ordering::Acquire)
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "hints column not compacted: {memtable} memtable entries, {files} bytes of files"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // Fewer deletions than that start nothing.
+        store
+            .write(vec![BatchOp::Delete(Column::Data, b"k".to_vec())])
+            .unwrap();
+        assert_eq!(
+            store.deletes[Column::Data.index()].load(Ordering::Relaxed),
+            1
+        );
+        assert!(!store.compacting[Column::Data.index()].load(Ordering::Acquire));
     }
 }
