@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::{Mutex, RwLock};
-use xxhash_rust::xxh3::{xxh3_64, xxh3_128};
+use xxhash_rust::xxh3::{Xxh3DefaultBuilder, xxh3_64, xxh3_128};
 
 use crate::error::{Limit, StorageError};
 use crate::merkle::{self, MerkleTree, NodeHash};
@@ -267,7 +267,8 @@ impl<S: Store> Engine<S> {
         let mut batch = Vec::new();
         // Per data key: the state before the batch and the latest merged state. A key that
         // appears twice merges into its earlier result; only its last state is written.
-        let mut pending: HashMap<&[u8], Pending<'_>> = HashMap::new();
+        let mut pending: HashMap<&[u8], Pending<'_>, Xxh3DefaultBuilder> =
+            HashMap::with_capacity_and_hasher(items.len(), Xxh3DefaultBuilder::new());
         for ((partition, key, incoming), dk) in items.iter().zip(&keys) {
             let result = (|| -> Result<Written, StorageError> {
                 check_len(Limit::Key, key.len())?;
@@ -286,14 +287,17 @@ impl<S: Store> Engine<S> {
                         }
                     }
                 };
-                let value = match local {
+                let (value, record) = match local {
                     Some(mut value) => {
                         value.merge(incoming_value)?;
-                        value
+                        let record = Record::encode(&value)?;
+                        (value, record)
                     }
-                    None => incoming_value,
+                    // Nothing here yet: the incoming record is stored as it came. Its checksum
+                    // was checked on receipt and its payload decoded above, and payloads are
+                    // canonical, so this is what encoding the value again would give.
+                    None => (incoming_value, incoming.clone()),
                 };
-                let record = Record::encode(&value)?;
                 pending.insert(
                     dk.as_slice(),
                     Pending {

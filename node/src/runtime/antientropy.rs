@@ -3,7 +3,8 @@
 //!
 //! - **Rounds.** A round compares every partition this node is a primary of with each other
 //!   live primary of it: one request per peer compares the roots of all the partitions the
-//!   two share, and only partitions whose roots differ get an exchange, one at a time. The first round starts
+//!   two share, and only partitions whose roots differ get an exchange, up to
+//!   [`PARALLEL_EXCHANGES`] of them at once per peer. The first round starts
 //!   [`NodeConfig::ae_min_interval`] after start (so a restarted node repairs at once), and a
 //!   round starts right away when SWIM sees a member come up or recover (a restart, a healed
 //!   partition).
@@ -57,7 +58,7 @@ use crate::transport::Transport;
 
 /// Paces work to a rate: each piece of work pushes the next start later by its cost.
 struct Pacer {
-    next: tokio::time::Instant,
+    next: std::sync::Mutex<tokio::time::Instant>,
     bytes_per_sec: f64,
     keys_per_sec: f64,
 }
@@ -70,22 +71,17 @@ const BUSY_SHARE: f64 = 0.04;
 
 impl Pacer {
     /// Waits until `keys` keys and `bytes` bytes fit the budget.
-    async fn take<T: Transport, S: Store>(
-        &mut self,
-        shared: &Shared<T, S>,
-        keys: usize,
-        bytes: usize,
-    ) {
-        let now = tokio::time::Instant::now();
-        if self.next < now {
-            self.next = now;
-        }
+    async fn take<T: Transport, S: Store>(&self, shared: &Shared<T, S>, keys: usize, bytes: usize) {
         let mut cost = (keys as f64 / self.keys_per_sec).max(bytes as f64 / self.bytes_per_sec);
         if shared.in_flight() > 0 {
             cost /= BUSY_SHARE;
         }
-        self.next += Duration::from_secs_f64(cost);
-        tokio::time::sleep_until(self.next).await;
+        let until = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            *next = (*next).max(tokio::time::Instant::now()) + Duration::from_secs_f64(cost);
+            *next
+        };
+        tokio::time::sleep_until(until).await;
     }
 }
 
@@ -94,11 +90,11 @@ pub(crate) async fn run<T: Transport, S: Store>(
     mut wake: mpsc::Receiver<MemberId>,
 ) {
     let config = &shared.config;
-    let mut pacer = Pacer {
-        next: tokio::time::Instant::now(),
+    let pacer = Arc::new(Pacer {
+        next: std::sync::Mutex::new(tokio::time::Instant::now()),
         bytes_per_sec: config.ae_bytes_per_sec.max(1) as f64,
         keys_per_sec: config.ae_keys_per_sec.max(1) as f64,
-    };
+    });
     let mut interval = config.ae_min_interval;
     let mut due = tokio::time::Instant::now() + config.ae_min_interval;
     loop {
@@ -118,7 +114,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
             due = tokio::time::Instant::now() + config.ae_min_interval;
             continue;
         }
-        let (repaired, waited) = round(&shared, &mut pacer).await;
+        let (repaired, waited) = round(&shared, &pacer).await;
         interval = if waited {
             config.ae_min_interval
         } else if repaired > 0 {
@@ -138,7 +134,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
 /// partitions whose roots differ get an [`Exchange`].
 async fn round<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
-    pacer: &mut Pacer,
+    pacer: &Arc<Pacer>,
 ) -> (u64, bool) {
     let view = shared.view();
     // Per peer, the shared partitions and both positions in their primaries.
@@ -192,26 +188,53 @@ async fn round<T: Transport, S: Store>(
                 continue;
             }
         };
-        for ((&(p, mine, theirs), theirs_root), our_root) in partitions.iter().zip(roots).zip(&ours)
-        {
-            if *our_root == theirs_root {
-                continue;
+        let differing: Vec<(u32, usize, usize)> = partitions
+            .iter()
+            .zip(roots)
+            .zip(&ours)
+            .filter(|((_, theirs_root), our_root)| theirs_root != *our_root)
+            .map(|((&partition, _), _)| partition)
+            .collect();
+        let mut queue = differing.into_iter();
+        let mut running = tokio::task::JoinSet::new();
+        loop {
+            while running.len() < PARALLEL_EXCHANGES
+                && let Some((p, mine, theirs)) = queue.next()
+            {
+                if !shared.ae_claim(p, peer.as_str(), false) {
+                    // Being repaired with another peer right now: a later round compares it.
+                    incomplete.insert(p);
+                    waited = true;
+                    continue;
+                }
+                let (shared, pacer, peer, view) =
+                    (shared.clone(), pacer.clone(), peer.clone(), view.clone());
+                running.spawn(async move {
+                    // A key belongs on the first N primaries of its keyspace only.
+                    let belongs = |key: &[u8], at: usize| {
+                        keyspace_of(key)
+                            .is_some_and(|ks| at < super::n_for(&shared.config, &view.state, ks))
+                    };
+                    let wanted = |key: &[u8], to_peer: bool| {
+                        belongs(key, if to_peer { theirs } else { mine })
+                    };
+                    let report = exchange(&shared, &pacer, p, &peer, &wanted).await;
+                    shared.ae_release(p, peer.as_str());
+                    (p, report)
+                });
             }
-            if !shared.ae_claim(p, peer.as_str(), false) {
-                // Being repaired with another peer right now: a later round compares it.
-                incomplete.insert(p);
-                waited = true;
-                continue;
-            }
-            // A key belongs on the first N primaries of its keyspace only.
-            let state = &view.state;
-            let belongs = |key: &[u8], at: usize| {
-                keyspace_of(key).is_some_and(|ks| at < super::n_for(&shared.config, state, ks))
+            let Some(done) = running.join_next().await else {
+                break;
             };
-            let wanted =
-                |key: &[u8], to_peer: bool| belongs(key, if to_peer { theirs } else { mine });
-            let report = exchange(shared, pacer, p, peer, &wanted).await;
-            shared.ae_release(p, peer.as_str());
+            let (p, report) = match done {
+                Ok(done) => done,
+                Err(e) => {
+                    // Which partition is unknown here: none of this peer's counts as compared.
+                    tracing::warn!(%peer, error = %e, "anti-entropy exchange task failed");
+                    incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
+                    continue;
+                }
+            };
             moved += report.keys_fetched + report.keys_pushed;
             if !report.complete {
                 incomplete.insert(p);
@@ -321,6 +344,11 @@ async fn peer_roots<T: Transport, S: Store>(
     }
 }
 
+/// Exchanges of different partitions a round runs at once with one peer. One at a time, a
+/// refill waited on each batch's round trip and synced write in turn and used under half of
+/// the two cores; the pacer's budget is shared by all of them.
+const PARALLEL_EXCHANGES: usize = 4;
+
 /// What one step of an exchange costs the budget before its own keys and bytes, in keys: a
 /// round trip (two RPC hand-offs, a tree or store read) costs about what handling this many
 /// keys does, so a descent through hash levels is paced like the repairs it leads to.
@@ -336,7 +364,7 @@ const BUSY: &str = "partition busy with another peer";
 /// `wanted(key, to_peer)` says whether a key may be copied to the peer (`true`) or here.
 async fn exchange<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
     partition: u32,
     peer: &MemberId,
     wanted: &impl Fn(&[u8], bool) -> bool,
@@ -470,7 +498,7 @@ async fn exchange<T: Transport, S: Store>(
 /// Returns the payload bytes sent and received.
 async fn repair<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
     partition: u32,
     peer: &MemberId,
     fetch: Vec<Vec<u8>>,
@@ -516,7 +544,7 @@ async fn repair<T: Transport, S: Store>(
 /// `AePush`es of about [`BATCH_BYTES`] at most; returns the payload bytes sent.
 async fn push_records<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
     partition: u32,
     peer: &MemberId,
     mut records: Vec<(Vec<u8>, Vec<u8>)>,
@@ -557,7 +585,7 @@ async fn push_records<T: Transport, S: Store>(
 /// the records sent and their bytes.
 async fn push_leaves<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
     partition: u32,
     peer: &MemberId,
     (mut first, last): (u16, u16),
@@ -585,7 +613,7 @@ async fn push_leaves<T: Transport, S: Store>(
 /// them, in batches; returns the records merged and the bytes received.
 async fn fetch_leaves<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
-    pacer: &mut Pacer,
+    pacer: &Pacer,
     partition: u32,
     peer: &MemberId,
     (mut first, last): (u16, u16),
