@@ -271,3 +271,56 @@ async fn one_differing_partition_costs_group_summaries_not_every_root() {
         "{repair} roots bytes with one differing partition, {idle} idle"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_pause_holds_a_refill_between_batches() {
+    // 8 partitions, so a wiped replica's partition is refilled in many batches of whole
+    // leaves, each a step of the same exchange; a budget low enough for the refill to take
+    // seconds.
+    let mut cluster = Cluster::with_config(25, |c| {
+        c.ring.partitions = 8;
+        c.ae_keys_per_sec = 1000;
+    });
+    let keys = 4000;
+    for i in 0..keys {
+        update_at_first_live_primary(&cluster, &key(i), add("m")).await;
+    }
+    cluster.settle().await;
+    let wiped = 2;
+    cluster.crash(wiped);
+    cluster.engines[wiped] =
+        Arc::new(MemoryEngine::open(MemoryStore::new(), cluster.peer(wiped).id.as_str()).unwrap());
+    cluster.start(wiped);
+    let repaired = |cluster: &Cluster| -> u64 {
+        (0..NODES)
+            .map(|i| cluster.node(i).metrics().ae_keys_repaired)
+            .sum()
+    };
+    // Pause in the middle of the refill.
+    eventually(LIMIT, || repaired(&cluster) > 0).await;
+    for i in 0..NODES {
+        cluster.node(i).pause_anti_entropy(true);
+    }
+    let at_pause = repaired(&cluster);
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let paused = repaired(&cluster) - at_pause;
+    // At most the batches already on their way when the pause came: one per exchange.
+    let in_flight = (NODES * 4 * shoal_node::antientropy::KEYS_PER_STEP) as u64;
+    assert!(
+        paused <= in_flight,
+        "{paused} keys repaired in 60 s of pause (at most {in_flight} were on their way)"
+    );
+    for i in 0..NODES {
+        cluster.node(i).pause_anti_entropy(false);
+    }
+    let wiped_holds = |cluster: &Cluster| {
+        (0..keys)
+            .filter(|&i| cluster.primaries(&key(i)).1.contains(&wiped))
+            .all(|i| cluster.local_view(wiped, &key(i)).is_some())
+    };
+    assert!(
+        !wiped_holds(&cluster),
+        "the pause held part of the refill back"
+    );
+    eventually(LIMIT, || wiped_holds(&cluster)).await;
+}

@@ -34,7 +34,7 @@
 //!   keys several peers have (a wiped disk) receives each of them once.
 //! - **Pause.** [`Node::pause_anti_entropy`](super::Node::pause_anti_entropy) (the admin
 //!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed, and holds
-//!   an exchange in progress before its next step.
+//!   an exchange in progress before its next step or batch.
 //! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
 //!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], 1 % of it
 //!   while the node coordinates foreground requests, and every RPC uses the peer's background
@@ -73,7 +73,12 @@ const BUSY_SHARE: f64 = 0.01;
 
 impl Pacer {
     /// Waits until `keys` keys and `bytes` bytes fit the budget.
+    /// Every step and every batch of an exchange passes here, so this is also where a paused
+    /// node holds its exchanges (`POST /anti-entropy/pause`) until it is resumed.
     async fn take<T: Transport, S: Store>(&self, shared: &Shared<T, S>, keys: usize, bytes: usize) {
+        while shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {
+            tokio::time::sleep(PAUSE_POLL).await;
+        }
         let mut cost = (keys as f64 / self.keys_per_sec).max(bytes as f64 / self.bytes_per_sec);
         if shared.in_flight() > 0 {
             cost /= BUSY_SHARE;
@@ -356,7 +361,8 @@ const PARALLEL_EXCHANGES: usize = 4;
 /// keys does, so a descent through hash levels is paced like the repairs it leads to.
 const STEP_KEYS: usize = 32;
 
-/// How often a paused exchange looks whether anti-entropy was resumed.
+/// How often a paused exchange looks whether anti-entropy was resumed (at its next step or
+/// batch).
 const PAUSE_POLL: Duration = Duration::from_millis(50);
 
 /// The error of an exchange the peer answered `Busy` to.
@@ -382,11 +388,9 @@ async fn exchange<T: Transport, S: Store>(
             return ExchangeReport::default();
         };
         let step = !matches!(effect, AeEffect::Done(_));
-        while step && shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {
-            tokio::time::sleep(PAUSE_POLL).await;
-        }
         if step {
-            // Every round trip has a cost of its own, whatever it carries.
+            // Every round trip has a cost of its own, whatever it carries (and a paused node
+            // waits here).
             pacer.take(shared, STEP_KEYS, 0).await;
         }
         let id = shared.next_request_id();

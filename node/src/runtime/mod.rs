@@ -442,7 +442,7 @@ impl<T: Transport, S: Store> Node<T, S> {
     }
 
     /// Pauses (`true`) or resumes anti-entropy: no round starts, and an exchange in progress
-    /// stops before its next step until resumed.
+    /// stops before its next step or batch until resumed.
     pub fn pause_anti_entropy(&self, paused: bool) {
         self.shared
             .ae_paused
