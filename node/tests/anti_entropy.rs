@@ -2,10 +2,9 @@
 //! replica whose data directory was wiped, and a replica that missed updates nobody hinted —
 //! and leaves equal Merkle roots behind.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use shoal_storage::{MemoryEngine, MemoryStore, SetOp, Update, View};
+use shoal_storage::{SetOp, Update, View};
 
 mod common;
 
@@ -67,9 +66,7 @@ async fn a_wiped_replica_is_refilled_by_anti_entropy() {
 
     // n1 loses its data directory: a new, empty store (and a new actor epoch).
     let wiped = 1;
-    cluster.crash(wiped);
-    cluster.engines[wiped] =
-        Arc::new(MemoryEngine::open(MemoryStore::new(), cluster.peer(wiped).id.as_str()).unwrap());
+    cluster.crash_and_wipe(wiped);
     assert!(!healed(&cluster));
     cluster.start(wiped);
     eventually(LIMIT, || healed(&cluster)).await;
@@ -206,9 +203,7 @@ async fn large_values_move_in_batches_that_fit_a_message() {
     })
     .await;
     // Anti-entropy refills a wiped replica with them.
-    cluster.crash(behind);
-    cluster.engines[behind] =
-        Arc::new(MemoryEngine::open(MemoryStore::new(), cluster.peer(behind).id.as_str()).unwrap());
+    cluster.crash_and_wipe(behind);
     assert!(!complete(&cluster));
     cluster.start(behind);
     eventually(LIMIT, || complete(&cluster)).await;
@@ -287,9 +282,7 @@ async fn a_pause_holds_a_refill_between_batches() {
     }
     cluster.settle().await;
     let wiped = 2;
-    cluster.crash(wiped);
-    cluster.engines[wiped] =
-        Arc::new(MemoryEngine::open(MemoryStore::new(), cluster.peer(wiped).id.as_str()).unwrap());
+    cluster.crash_and_wipe(wiped);
     cluster.start(wiped);
     let repaired = |cluster: &Cluster| -> u64 {
         (0..NODES)

@@ -91,6 +91,14 @@ impl Cluster {
         }
     }
 
+    /// A crash that also loses the data directory: the node comes back (on `start`) with a
+    /// new, empty store and a new actor epoch.
+    pub fn crash_and_wipe(&mut self, i: usize) {
+        self.crash(i);
+        self.engines[i] =
+            Arc::new(MemoryEngine::open(MemoryStore::new(), self.peer(i).id.as_str()).unwrap());
+    }
+
     pub fn up(&self) -> Vec<usize> {
         (0..NODES).filter(|&i| self.nodes[i].is_some()).collect()
     }
