@@ -75,6 +75,7 @@ pub enum ClientRequest {
         /// The keyspace.
         keyspace: String,
         /// The key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
 }
@@ -87,6 +88,7 @@ pub struct UpdateRequest {
     /// The keyspace (1 to [`MAX_KEYSPACE_LEN`] bytes).
     pub keyspace: String,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// The operation.
     pub update: Update,
@@ -102,6 +104,7 @@ pub struct GetRequest {
     /// The keyspace.
     pub keyspace: String,
     /// The key.
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     /// Read quorum, 1 to the keyspace's N.
     pub r: u32,

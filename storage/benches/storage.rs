@@ -2,22 +2,29 @@
 //! 1. synced update throughput through the engine versus raw RocksDB puts of the same bytes with
 //!    the same sync setting, from several threads (group commit);
 //! 2. the cost of the Merkle update per write;
-//! 3. reopen time (including the Merkle rebuild) with many keys.
+//! 3. reopen time (including the Merkle rebuild) with many keys;
+//! 4. a replica refill: register records merged into an empty engine in anti-entropy's
+//!    batches (one partition, leaf order, 256 records), next to raw synced RocksDB batch
+//!    writes of the same keys and bytes.
 //!
 //! `cargo bench -p shoal-storage --bench storage` (defaults), or with arguments:
-//! `-- --threads 8 --updates 20000 --keys 1000000 --rounds 3`.
+//! `-- --threads 8 --updates 20000 --keys 1000000 --rounds 3 --refill 200000`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rocksdb::{DB, Options, WriteOptions};
-use shoal_storage::{Actor, Engine, Kind, MerkleTree, Record, RocksStore, Update, Value};
+use shoal_storage::{
+    Actor, Engine, Kind, MerkleTree, Record, RocksStore, Update, Value,
+    merkle::leaf_of as merkle_leaf_of,
+};
 
 struct Args {
     threads: usize,
     updates: usize,
     keys: usize,
     rounds: usize,
+    refill: usize,
 }
 
 fn args() -> Args {
@@ -26,6 +33,7 @@ fn args() -> Args {
         updates: 20_000,
         keys: 1_000_000,
         rounds: 3,
+        refill: 200_000,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -40,6 +48,7 @@ fn args() -> Args {
             "--updates" => a.updates = value(),
             "--keys" => a.keys = value(),
             "--rounds" => a.rounds = value(),
+            "--refill" => a.refill = value(),
             _ => {} // cargo bench passes --bench
         }
         i += 1;
@@ -186,5 +195,97 @@ fn main() {
         a.keys,
         a.rounds,
         med.as_secs_f64()
+    );
+
+    refill(&a);
+}
+
+/// Records of a refill: `n` register keys of 100-byte values (what the convergence benchmark
+/// writes), grouped by partition and sorted in leaf order as anti-entropy sends them.
+fn refill_records(n: usize) -> Vec<(u32, Vec<u8>, Record)> {
+    let mut items: Vec<(u32, u16, Vec<u8>, Record)> = (0..n)
+        .map(|i| {
+            let key = format!("conv-base-{i:08}").into_bytes();
+            let mut value = Value::empty(Kind::Register);
+            value
+                .apply(
+                    Actor {
+                        node: 1 + (i % 3) as u64,
+                        epoch: 1,
+                    },
+                    &Update::RegisterPut {
+                        value: vec![b'v'; 100],
+                        context: None,
+                    },
+                )
+                .unwrap();
+            let partition = (xxhash_rust::xxh3::xxh3_64(&key) % 256) as u32;
+            (
+                partition,
+                merkle_leaf_of(&key),
+                key,
+                Record::encode(&value).unwrap(),
+            )
+        })
+        .collect();
+    items.sort_by(|a, b| (a.0, a.1, &a.2).cmp(&(b.0, b.1, &b.2)));
+    items.into_iter().map(|(p, _, k, r)| (p, k, r)).collect()
+}
+
+/// Refill of an empty replica: the engine's `merge_many` in batches of 256 records of one
+/// partition, next to raw synced RocksDB batches of the same keys and bytes, per round.
+fn refill(a: &Args) {
+    const BATCH: usize = 256;
+    let items = refill_records(a.refill);
+    let batches: Vec<&[(u32, Vec<u8>, Record)]> = items
+        .chunk_by(|x, y| x.0 == y.0)
+        .flat_map(|partition| partition.chunks(BATCH))
+        .collect();
+    let (mut engine_us, mut raw_us) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let dir = tempfile::TempDir::new().unwrap();
+        let engine = Engine::open(
+            RocksStore::open(&dir.path().join("engine")).unwrap(),
+            "bench",
+        )
+        .unwrap();
+        let start = Instant::now();
+        for batch in &batches {
+            for r in engine.merge_many(batch).unwrap() {
+                r.unwrap();
+            }
+        }
+        let engine_per_key = start.elapsed().as_secs_f64() * 1e6 / items.len() as f64;
+        let mut options = Options::default();
+        options.create_if_missing(true);
+        let db = DB::open(&options, dir.path().join("raw")).unwrap();
+        let start = Instant::now();
+        for batch in &batches {
+            let mut wb = rocksdb::WriteBatch::default();
+            for (p, k, r) in batch.iter() {
+                let mut dk = p.to_be_bytes().to_vec();
+                dk.extend_from_slice(&merkle_leaf_of(k).to_be_bytes());
+                dk.extend_from_slice(k);
+                wb.put(dk, r.as_bytes());
+            }
+            let mut wo = WriteOptions::default();
+            wo.set_sync(true);
+            db.write_opt(wb, &wo).unwrap();
+        }
+        let raw_per_key = start.elapsed().as_secs_f64() * 1e6 / items.len() as f64;
+        println!(
+            "  refill round {round}: engine {engine_per_key:.2} µs/key   raw RocksDB {raw_per_key:.2} µs/key   ratio {:.2}",
+            engine_per_key / raw_per_key
+        );
+        engine_us.push(engine_per_key);
+        raw_us.push(raw_per_key);
+    }
+    let ratios = engine_us.iter().zip(&raw_us).map(|(e, r)| e / r).collect();
+    println!(
+        "refill of {} keys in batches of {BATCH} (median): engine {:.2} µs/key, raw RocksDB {:.2} µs/key, ratio {:.2}",
+        items.len(),
+        median(engine_us),
+        median(raw_us),
+        median(ratios)
     );
 }

@@ -34,8 +34,16 @@ struct Pending<'a> {
     key: &'a [u8],
     old_hash: Option<ValueHash>,
     repaired: bool,
-    value: Value,
     record: Record,
+}
+
+/// The result of merging a replica's state into a key ([`Engine::merge`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Merged {
+    /// Whether the stored state changed (false for a re-delivered or already-known state).
+    pub changed: bool,
+    /// Whether a corrupt local record was replaced by the merge.
+    pub repaired: bool,
 }
 
 /// The result of a write to a key.
@@ -246,7 +254,7 @@ impl<S: Store> Engine<S> {
         partition: Partition,
         key: &[u8],
         incoming: &Record,
-    ) -> Result<Written, StorageError> {
+    ) -> Result<Merged, StorageError> {
         self.merge_many(&[(partition, key.to_vec(), incoming.clone())])?
             .pop()
             .expect("one result per input")
@@ -257,26 +265,32 @@ impl<S: Store> Engine<S> {
     /// Returns one result per input, in order; a key whose merge fails (as for
     /// [`merge`](Self::merge)) changes nothing and does not stop the others. The outer error is a
     /// backend failure, after which none of the batch may have been written.
+    ///
+    /// This is the path of a replica refill, so it does per key only what a merge needs: a key
+    /// this replica lacks keeps the incoming record as it came (its payload is validated, not
+    /// decoded into the CRDT type, and payloads are canonical, so encoding it again would give
+    /// the same bytes), and the Merkle tree of a partition is locked once per batch.
     pub fn merge_many(
         &self,
         items: &[(Partition, Vec<u8>, Record)],
-    ) -> Result<Vec<Result<Written, StorageError>>, StorageError> {
+    ) -> Result<Vec<Result<Merged, StorageError>>, StorageError> {
         let keys: Vec<Vec<u8>> = items.iter().map(|(p, k, _)| data_key(*p, k)).collect();
         let _guards = self.lock_stripes(keys.iter().map(|dk| dk.as_slice()));
         let mut results = Vec::with_capacity(items.len());
-        let mut batch = Vec::new();
-        // Per data key: the state before the batch and the latest merged state. A key that
+        // Per data key: the state before the batch and the latest merged record. A key that
         // appears twice merges into its earlier result; only its last state is written.
         let mut pending: HashMap<&[u8], Pending<'_>, Xxh3DefaultBuilder> =
             HashMap::with_capacity_and_hasher(items.len(), Xxh3DefaultBuilder::new());
+        let malformed = |e: crate::error::Corruption| StorageError::Malformed(e.to_string());
         for ((partition, key, incoming), dk) in items.iter().zip(&keys) {
-            let result = (|| -> Result<Written, StorageError> {
+            let result = (|| -> Result<Merged, StorageError> {
                 check_len(Limit::Key, key.len())?;
-                let incoming_value = incoming
-                    .decode()
-                    .map_err(|e| StorageError::Malformed(e.to_string()))?;
                 let (old_hash, local, repaired) = match pending.get(dk.as_slice()) {
-                    Some(p) => (p.old_hash, Some(p.value.clone()), p.repaired),
+                    Some(p) => (
+                        p.old_hash,
+                        Some(p.record.decode().map_err(malformed)?),
+                        p.repaired,
+                    ),
                     None => {
                         let raw = self.store.get(Column::Data, dk)?;
                         let old_hash = raw.as_deref().map(stored_hash);
@@ -287,17 +301,17 @@ impl<S: Store> Engine<S> {
                         }
                     }
                 };
-                let (value, record) = match local {
+                let record = match local {
                     Some(mut value) => {
-                        value.merge(incoming_value)?;
-                        let record = Record::encode(&value)?;
-                        (value, record)
+                        value.merge(incoming.decode().map_err(malformed)?)?;
+                        Record::encode(&value)?
                     }
-                    // Nothing here yet: the incoming record is stored as it came. Its checksum
-                    // was checked on receipt and its payload decoded above, and payloads are
-                    // canonical, so this is what encoding the value again would give.
-                    None => (incoming_value, incoming.clone()),
+                    None => {
+                        incoming.validate().map_err(malformed)?;
+                        incoming.clone()
+                    }
                 };
+                let changed = old_hash != Some(record.hash());
                 pending.insert(
                     dk.as_slice(),
                     Pending {
@@ -305,41 +319,50 @@ impl<S: Store> Engine<S> {
                         key,
                         old_hash,
                         repaired,
-                        value: value.clone(),
-                        record: record.clone(),
+                        record,
                     },
                 );
-                Ok(Written {
-                    changed: old_hash != Some(record.hash()),
-                    value: Some(value),
-                    record: Some(record),
-                    repaired,
-                })
+                Ok(Merged { changed, repaired })
             })();
             results.push(result);
         }
-        let changed: Vec<&Pending<'_>> = pending
-            .values()
-            .filter(|p| p.old_hash != Some(p.record.hash()))
-            .collect();
-        for p in &changed {
+        // What changed, in partition order: written in one batch, then each partition's tree
+        // updated under one lock.
+        let mut changed: Vec<(Partition, &[u8], Option<ValueHash>, ValueHash, bool)> =
+            Vec::with_capacity(pending.len());
+        let mut batch = Vec::with_capacity(pending.len());
+        for (dk, p) in pending {
+            let hash = p.record.hash();
+            if p.old_hash == Some(hash) {
+                continue;
+            }
+            changed.push((p.partition, p.key, p.old_hash, hash, p.repaired));
             batch.push(BatchOp::Put(
                 Column::Data,
-                data_key(p.partition, p.key),
-                p.record.as_bytes().to_vec(),
+                dk.to_vec(),
+                p.record.into_bytes(),
             ));
         }
         if !batch.is_empty() {
             self.store.write(batch)?;
         }
-        for p in changed {
-            if p.repaired {
-                // The corrupt bytes' entry in the tree is unknown: rebuild the leaf.
-                self.refresh_leaf(p.partition, p.key)?;
-            } else {
-                self.tree(p.partition)
-                    .lock()
-                    .update(p.key, p.old_hash, Some(p.record.hash()));
+        changed.sort_unstable_by_key(|c| c.0);
+        for partition in changed.chunk_by(|a, b| a.0 == b.0) {
+            let tree = self.tree(partition[0].0);
+            let mut repaired = Vec::new();
+            {
+                let mut tree = tree.lock();
+                for &(_, key, old_hash, hash, was_corrupt) in partition {
+                    if was_corrupt {
+                        repaired.push(key);
+                    } else {
+                        tree.update(key, old_hash, Some(hash));
+                    }
+                }
+            }
+            // The corrupt bytes' entry in the tree is unknown: rebuild their leaves.
+            for key in repaired {
+                self.refresh_leaf(partition[0].0, key)?;
             }
         }
         Ok(results)

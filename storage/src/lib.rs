@@ -26,8 +26,9 @@ pub mod record;
 pub mod rocks;
 pub mod store;
 pub mod value;
+pub mod wire;
 
-pub use engine::{BATCH_BYTES, Backlog, Engine, Hint, Partition, RawRecord, Written};
+pub use engine::{BATCH_BYTES, Backlog, Engine, Hint, Merged, Partition, RawRecord, Written};
 pub use error::{Corruption, Limit, StorageError};
 pub use merkle::{MerkleTree, NodeHash};
 pub use record::{Record, ValueHash};

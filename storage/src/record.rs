@@ -51,6 +51,11 @@ impl Record {
         &self.bytes
     }
 
+    /// The record's bytes, as stored, without a copy.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
     /// The value's type.
     pub fn kind(&self) -> Kind {
         Kind::from_tag(self.bytes[1]).expect("checked on construction")
@@ -64,6 +69,13 @@ impl Record {
     /// Decodes the value.
     pub fn decode(&self) -> Result<Value, Corruption> {
         codec::decode_value(self.kind(), &self.bytes[HEADER_LEN..])
+            .map_err(|e| Corruption::Payload(e.to_string()))
+    }
+
+    /// Checks that the payload decodes (exactly as [`decode`](Self::decode) would), without
+    /// building the value.
+    pub fn validate(&self) -> Result<(), Corruption> {
+        codec::validate_value(self.kind(), &self.bytes[HEADER_LEN..])
             .map_err(|e| Corruption::Payload(e.to_string()))
     }
 }

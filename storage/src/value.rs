@@ -193,9 +193,9 @@ pub enum Value {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SetOp {
     /// Add members (with a fresh dot: concurrent removes do not cancel it).
-    Add(Vec<Bytes>),
+    Add(#[serde(with = "crate::wire::list")] Vec<Bytes>),
     /// Remove members, as far as the applying replica has observed them.
-    Remove(Vec<Bytes>),
+    Remove(#[serde(with = "crate::wire::list")] Vec<Bytes>),
 }
 
 /// An operation on a map.
@@ -207,7 +207,9 @@ pub enum MapOp {
     Set { field: Bytes, op: SetOp },
     /// Write the field's register; `context` as for [`Update::RegisterPut`].
     Register {
+        #[serde(with = "serde_bytes")]
         field: Bytes,
+        #[serde(with = "serde_bytes")]
         value: Bytes,
         context: Option<Clock>,
     },
@@ -226,6 +228,7 @@ pub enum Update {
     /// covers (a client's read context); with `None` it supersedes every sibling the applying
     /// replica holds.
     RegisterPut {
+        #[serde(with = "serde_bytes")]
         value: Bytes,
         context: Option<Clock>,
     },
@@ -549,6 +552,7 @@ pub enum View {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegisterView {
     /// Concurrent values; one after a write that saw all others.
+    #[serde(with = "crate::wire::list")]
     pub values: Vec<Bytes>,
     /// Pass this back with a write to supersede exactly these values.
     pub context: Clock,

@@ -471,6 +471,45 @@ fn app_metadata_is_kept_apart<S: Store>(e: &Engine<S>) {
     assert_eq!(e.get_meta("other").unwrap(), None);
 }
 
+/// A record whose header and checksum are sound but whose payload is not a value: what a
+/// faulty peer could send. A merge refuses it whether or not the key exists here, and the rest
+/// of its batch is merged.
+fn undecodable_payloads_are_refused_by_merge<S: Store>(e: &Engine<S>) {
+    let sound = e
+        .apply(1, b"k", &Update::CounterAdd(1))
+        .unwrap()
+        .record
+        .unwrap();
+    let (version, tag) = (sound.as_bytes()[0], sound.as_bytes()[1]);
+    let payload = [0xff; 5];
+    let mut bytes = vec![version, tag];
+    bytes.extend_from_slice(
+        &xxhash_rust::xxh3::xxh3_128(&[&[tag][..], &payload].concat()).to_le_bytes(),
+    );
+    bytes.extend_from_slice(&payload);
+    let bad = Record::from_bytes(bytes).expect("the checksum is right");
+    let root = e.merkle_root(2);
+    let results = e
+        .merge_many(&[
+            (2, b"absent".to_vec(), bad.clone()),
+            (1, b"k".to_vec(), bad.clone()),
+            (2, b"other".to_vec(), sound.clone()),
+        ])
+        .unwrap();
+    assert!(matches!(results[0], Err(StorageError::Malformed(_))));
+    assert!(matches!(results[1], Err(StorageError::Malformed(_))));
+    assert!(results[2].as_ref().unwrap().changed);
+    assert_eq!(e.get_record(2, b"absent").unwrap(), None);
+    assert_eq!(e.get_record(1, b"k").unwrap().unwrap(), sound);
+    assert_eq!(e.get_record(2, b"other").unwrap().unwrap(), sound);
+    e.merge_many(&[(2, b"other".to_vec(), sound.clone())])
+        .unwrap()
+        .into_iter()
+        .for_each(|r| assert!(!r.unwrap().changed));
+    assert_ne!(e.merkle_root(2), root);
+    assert_eq!(e.rebuild_merkle_tree(2).unwrap().root(), e.merkle_root(2));
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod rocks {
@@ -498,6 +537,7 @@ suite!(
     app_metadata_is_kept_apart,
     stats_count_the_data,
     write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed,
+    undecodable_payloads_are_refused_by_merge,
 );
 
 #[test]

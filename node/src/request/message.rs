@@ -43,8 +43,10 @@ pub enum PeerRequest {
         /// The key's partition.
         partition: u32,
         /// The storage key (keyspace-prefixed).
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Record bytes.
+        #[serde(with = "serde_bytes")]
         record: Vec<u8>,
         /// The primary a fallback replaces, by node id.
         hint_for: Option<String>,
@@ -56,6 +58,7 @@ pub enum PeerRequest {
         /// The key's partition.
         partition: u32,
         /// The storage key.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
     },
     /// Hints delivered to the primary they were held for, in one batch: merge them all in one
@@ -66,6 +69,7 @@ pub enum PeerRequest {
         /// Tracing id.
         id: RequestId,
         /// `(partition, storage key, record bytes)`, at most [`MAX_HINTS_PER_BATCH`].
+        #[serde(with = "shoal_storage::wire::triples")]
         hints: Vec<(u32, Vec<u8>, Vec<u8>)>,
     },
     /// Coordinate an update for a node that does not replicate the key. Answered with
@@ -76,6 +80,7 @@ pub enum PeerRequest {
         /// The keyspace.
         keyspace: String,
         /// The key inside the keyspace.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// The operation.
         update: Update,
@@ -92,6 +97,7 @@ pub enum PeerRequest {
         /// The keyspace.
         keyspace: String,
         /// The key inside the keyspace.
+        #[serde(with = "serde_bytes")]
         key: Vec<u8>,
         /// Read quorum.
         r: usize,
@@ -112,6 +118,7 @@ pub enum PeerRequest {
         /// Tracing id.
         id: RequestId,
         /// The partitions, as a [`partition_bitmap`](crate::antientropy::partition_bitmap).
+        #[serde(with = "serde_bytes")]
         partitions: Vec<u8>,
         /// The asker's [`roots_summary`](crate::antientropy::roots_summary) of them.
         summary: u128,
@@ -151,6 +158,7 @@ pub enum PeerRequest {
         /// The partition.
         partition: u32,
         /// Storage keys (at most [`KEYS_PER_STEP`](crate::antientropy::KEYS_PER_STEP)).
+        #[serde(with = "shoal_storage::wire::list")]
         keys: Vec<Vec<u8>>,
     },
     /// Anti-entropy: every record of leaves `first..=last` of `partition` (the asker has none
@@ -177,6 +185,7 @@ pub enum PeerRequest {
         /// `(storage key, record bytes)` (at most
         /// [`MAX_PUSH_RECORDS`](crate::antientropy::MAX_PUSH_RECORDS), and about
         /// [`BATCH_BYTES`](shoal_storage::BATCH_BYTES) past the first).
+        #[serde(with = "shoal_storage::wire::pairs")]
         records: Vec<(Vec<u8>, Vec<u8>)>,
     },
 }
@@ -243,14 +252,14 @@ pub enum PeerResponse {
     /// The state is durable on the receiver (answer to `Replicate` and `DeliverHint`).
     Stored,
     /// The receiver's record, if it has one (answer to `Read`).
-    Record(Option<Vec<u8>>),
+    Record(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// The outcome of a forwarded update: acks and the coordinator's resulting record.
     Updated(Result<(usize, Option<Vec<u8>>), WireFailure>),
     /// The outcome of a forwarded get: replies and the merged record.
     Got(Result<(usize, Option<Vec<u8>>), WireFailure>),
     /// The receiver's encoded [`ClusterState`](crate::cluster::ClusterState) (answer to
     /// `PullCluster`).
-    Cluster(Vec<u8>),
+    Cluster(#[serde(with = "serde_bytes")] Vec<u8>),
     /// Tree hashes (answer to `AeHashes`).
     Hashes(Vec<u128>),
     /// Answer to `AeRoots`. When hinted handoff is repairing one of the two (the answering node
@@ -278,6 +287,7 @@ pub enum PeerResponse {
     /// first leaf not sent yet when the answer stopped early.
     LeafRecords {
         /// The records.
+        #[serde(with = "shoal_storage::wire::pairs")]
         records: Vec<(Vec<u8>, Vec<u8>)>,
         /// Ask again from this leaf.
         next: Option<u16>,
@@ -287,9 +297,9 @@ pub enum PeerResponse {
     /// in a later round.
     Busy,
     /// `(key, value hash)` of the asked leaves (answer to `AeLeafKeys`).
-    LeafKeys(Vec<(Vec<u8>, u128)>),
+    LeafKeys(#[serde(with = "shoal_storage::wire::hashed")] Vec<(Vec<u8>, u128)>),
     /// `(key, record bytes)` of the asked keys the receiver has (answer to `AeFetch`).
-    Records(Vec<(Vec<u8>, Vec<u8>)>),
+    Records(#[serde(with = "shoal_storage::wire::pairs")] Vec<(Vec<u8>, Vec<u8>)>),
 }
 
 /// Encodes a request body.
