@@ -328,8 +328,9 @@ impl<S: Store> Engine<S> {
         }
         // What changed, in partition order: written in one batch, then each partition's tree
         // updated under one lock.
-        let mut changed: Vec<(Partition, &[u8], Option<ValueHash>, ValueHash, bool)> =
-            Vec::with_capacity(pending.len());
+        // (partition, key, old hash, new hash, replaced a corrupt record)
+        type Change<'k> = (Partition, &'k [u8], Option<ValueHash>, ValueHash, bool);
+        let mut changed: Vec<Change<'_>> = Vec::with_capacity(pending.len());
         let mut batch = Vec::with_capacity(pending.len());
         for (dk, p) in pending {
             let hash = p.record.hash();

@@ -13,6 +13,11 @@
 use serde::{Deserialize, Deserializer, Serializer};
 use serde_bytes::{ByteBuf, Bytes};
 
+/// `(key, record)`.
+type Pair = (Vec<u8>, Vec<u8>);
+/// `(partition, key, record)`.
+type Triple = (u32, Vec<u8>, Vec<u8>);
+
 /// `Vec<Vec<u8>>`: a list of keys.
 pub mod list {
     use super::*;
@@ -36,14 +41,12 @@ pub mod pairs {
     use super::*;
 
     /// Serializes as a sequence of byte-string pairs.
-    pub fn serialize<S: Serializer>(pairs: &[(Vec<u8>, Vec<u8>)], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(pairs: &[Pair], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(pairs.iter().map(|(a, b)| (Bytes::new(a), Bytes::new(b))))
     }
 
     /// Deserializes a sequence of byte-string pairs.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Pair>, D::Error> {
         Ok(Vec::<(ByteBuf, ByteBuf)>::deserialize(d)?
             .into_iter()
             .map(|(a, b)| (a.into_vec(), b.into_vec()))
@@ -56,10 +59,7 @@ pub mod triples {
     use super::*;
 
     /// Serializes as a sequence of `(u32, bytes, bytes)`.
-    pub fn serialize<S: Serializer>(
-        triples: &[(u32, Vec<u8>, Vec<u8>)],
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(triples: &[Triple], s: S) -> Result<S::Ok, S::Error> {
         s.collect_seq(
             triples
                 .iter()
@@ -68,9 +68,7 @@ pub mod triples {
     }
 
     /// Deserializes a sequence of `(u32, bytes, bytes)`.
-    pub fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Vec<(u32, Vec<u8>, Vec<u8>)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Triple>, D::Error> {
         Ok(Vec::<(u32, ByteBuf, ByteBuf)>::deserialize(d)?
             .into_iter()
             .map(|(p, a, b)| (p, a.into_vec(), b.into_vec()))
