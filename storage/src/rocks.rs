@@ -86,6 +86,9 @@ impl RocksStore {
                     options.set_exclusive_manual_compaction(false);
                     db.compact_range_cf_opt(cf, None::<&[u8]>, None::<&[u8]>, &options);
                 }
+                // Let go of the database before saying so: the store's `Drop` waits for
+                // this, so a dropped store has closed its database when the drop returns.
+                drop(db);
                 compacting[i].store(false, Ordering::Release);
             });
         if spawned.is_err() {
@@ -97,6 +100,17 @@ impl RocksStore {
         self.db
             .cf_handle(column.name())
             .expect("every column family is created at open")
+    }
+}
+
+impl Drop for RocksStore {
+    /// Waits for a running compaction to finish: it holds the database open, and a store
+    /// that is dropped must have closed it (its directory is then free to reopen at once,
+    /// as RocksDB's lock file allows one open per process).
+    fn drop(&mut self) {
+        while self.compacting.iter().any(|c| c.load(Ordering::Acquire)) {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 
@@ -233,5 +247,39 @@ mod tests {
             1
         );
         assert!(!store.compacting[Column::Data.index()].load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn a_store_dropped_during_a_compaction_reopens_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let keys: Vec<Vec<u8>> = (0..COMPACT_AFTER_DELETES)
+            .map(|i| format!("hint-{i:08}").into_bytes())
+            .collect();
+        let put = keys
+            .iter()
+            .map(|k| BatchOp::Put(Column::Hints, k.clone(), vec![1; 100]))
+            .collect();
+        store.write(put).unwrap();
+        store
+            .write(vec![BatchOp::Put(
+                Column::Data,
+                b"kept".to_vec(),
+                b"v".to_vec(),
+            )])
+            .unwrap();
+        let delete = keys
+            .iter()
+            .map(|k| BatchOp::Delete(Column::Hints, k.clone()))
+            .collect();
+        store.write(delete).unwrap();
+        // The deletions started a compaction on its own thread (it takes far longer than the
+        // next line does); drop the store while it runs.
+        drop(store);
+        let store = RocksStore::open(dir.path()).expect("the dropped store closed its database");
+        assert_eq!(
+            store.get(Column::Data, b"kept").unwrap(),
+            Some(b"v".to_vec())
+        );
     }
 }
