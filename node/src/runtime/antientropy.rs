@@ -37,7 +37,8 @@
 //!   an exchange in progress before its next step or batch.
 //! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
 //!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], 1 % of it
-//!   while the node coordinates foreground requests, and every RPC uses the peer's background
+//!   while the node serves clients (it coordinates a request, or started one within the last
+//!   second: [`Shared::serving_clients`]), and every RPC uses the peer's background
 //!   budget, so foreground requests keep their share.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -63,7 +64,7 @@ struct Pacer {
     keys_per_sec: f64,
 }
 
-/// While foreground requests are being coordinated here, anti-entropy runs at this fraction
+/// While the node serves clients ([`Shared::serving_clients`]), anti-entropy runs at this fraction
 /// of its budget (by default 500 keys/s): repairs run at full speed when there are no
 /// clients, and take little from them when there are. Measured in the convergence benchmark
 /// on a 2-core machine running three nodes, where a repaired key costs about 40 µs of CPU
@@ -80,7 +81,7 @@ impl Pacer {
             tokio::time::sleep(PAUSE_POLL).await;
         }
         let mut cost = (keys as f64 / self.keys_per_sec).max(bytes as f64 / self.bytes_per_sec);
-        if shared.in_flight() > 0 {
+        if shared.serving_clients() {
             cost /= BUSY_SHARE;
         }
         let until = {

@@ -249,8 +249,15 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     next_id: AtomicU64,
     id_prefix: u64,
     in_flight: Arc<AtomicUsize>,
+    /// When a coordinator last started, in milliseconds of [`now`](Self::now) plus one (0:
+    /// never).
+    last_coordinated_ms: AtomicU64,
     epoch: tokio::time::Instant,
 }
+
+/// How long after it last started coordinating a client request a node counts as serving
+/// clients ([`Shared::serving_clients`]).
+pub(crate) const SERVING_LINGER: Duration = Duration::from_secs(1);
 
 impl<T: Transport, S: Store> Shared<T, S> {
     pub(crate) fn new(
@@ -302,6 +309,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             budgets: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(0),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            last_coordinated_ms: AtomicU64::new(0),
             epoch: tokio::time::Instant::now(),
         }
     }
@@ -335,7 +343,21 @@ impl<T: Transport, S: Store> Shared<T, S> {
     /// Counts a coordinator as running until the guard is dropped.
     pub(crate) fn coordinating(&self) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.last_coordinated_ms
+            .store(self.now().as_millis() as u64 + 1, Ordering::Relaxed);
         InFlight(self.in_flight.clone())
+    }
+
+    /// Whether this node serves clients: a coordinator is running, or one started within
+    /// [`SERVING_LINGER`]. Anti-entropy runs at a small share of its budget then. Between the
+    /// requests of a steady client load no coordinator may be running at a given instant, so
+    /// the running count alone would let repairs through at full speed in those gaps.
+    pub(crate) fn serving_clients(&self) -> bool {
+        if self.in_flight() > 0 {
+            return true;
+        }
+        let last = self.last_coordinated_ms.load(Ordering::Relaxed);
+        last != 0 && recent(last - 1, self.now().as_millis() as u64)
     }
 
     /// Coordinators still running (answered or not).
@@ -843,9 +865,25 @@ fn write<V>(lock: &RwLock<V>) -> std::sync::RwLockWriteGuard<'_, V> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Whether a coordinator that started at `started_ms` is within [`SERVING_LINGER`] of `now_ms`.
+fn recent(started_ms: u64, now_ms: u64) -> bool {
+    now_ms.saturating_sub(started_ms) < SERVING_LINGER.as_millis() as u64
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_serves_clients_for_a_second_after_it_last_coordinated() {
+        let linger = SERVING_LINGER.as_millis() as u64;
+        assert!(recent(5_000, 5_000));
+        assert!(recent(5_000, 5_000 + linger - 1));
+        assert!(!recent(5_000, 5_000 + linger));
+        assert!(!recent(5_000, 60_000));
+        // A start stamped after the clock was read (another thread) is recent, not an error.
+        assert!(recent(5_001, 5_000));
+    }
 
     fn claim(peer: &str, started_by_peer: bool) -> AeClaim {
         AeClaim {
