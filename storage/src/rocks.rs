@@ -196,13 +196,18 @@ mod tests {
             .unwrap_or(0)
     }
 
+    /// As many hint keys as start a compaction when deleted.
+    fn hint_keys() -> Vec<Vec<u8>> {
+        (0..COMPACT_AFTER_DELETES)
+            .map(|i| format!("hint-{i:08}").into_bytes())
+            .collect()
+    }
+
     #[test]
     fn a_column_with_many_deletions_is_compacted_to_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path()).unwrap();
-        let keys: Vec<Vec<u8>> = (0..COMPACT_AFTER_DELETES)
-            .map(|i| format!("hint-{i:08}").into_bytes())
-            .collect();
+        let keys = hint_keys();
         for chunk in keys.chunks(5000) {
             let put = chunk
                 .iter()
@@ -253,9 +258,7 @@ mod tests {
     fn a_store_dropped_during_a_compaction_reopens_at_once() {
         let dir = tempfile::tempdir().unwrap();
         let store = RocksStore::open(dir.path()).unwrap();
-        let keys: Vec<Vec<u8>> = (0..COMPACT_AFTER_DELETES)
-            .map(|i| format!("hint-{i:08}").into_bytes())
-            .collect();
+        let keys = hint_keys();
         let put = keys
             .iter()
             .map(|k| BatchOp::Put(Column::Hints, k.clone(), vec![1; 100]))
