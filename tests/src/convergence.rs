@@ -68,7 +68,7 @@ const WRITERS: usize = 128;
 /// One window of the foreground read measurement.
 const FOREGROUND_WINDOW: Duration = Duration::from_secs(2);
 /// Running-paused-paused-running quads of the foreground read measurement, at most.
-const FOREGROUND_QUADS: usize = 8;
+const FOREGROUND_QUADS: usize = 16;
 /// How long the idle peer traffic (SWIM, anti-entropy rounds that find nothing) is measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
 
