@@ -154,24 +154,32 @@ mod tests {
         Actor { node: n, epoch: 7 }
     }
 
+    fn map_register() -> Update {
+        Update::Map(MapOp::Register {
+            field: b"f".to_vec(),
+            value: b"v".to_vec(),
+            context: None,
+        })
+    }
+
+    /// A value of the update's type after `actor` applied it.
+    fn applied(actor: Actor, update: &Update) -> Value {
+        let mut value = Value::empty(update.kind().unwrap());
+        value.apply(actor, update).unwrap();
+        value
+    }
+
     #[test]
     fn canonical_encoding_ignores_history_order() {
         let a = actor(1);
         let b = actor(2);
         let updates = [
             Update::Set(SetOp::Add(vec![b"x".to_vec(), b"y".to_vec()])),
-            Update::Map(MapOp::Register {
-                field: b"f".to_vec(),
-                value: b"v".to_vec(),
-                context: None,
-            }),
+            map_register(),
         ];
         for update in &updates {
             let kind = update.kind().unwrap();
-            let mut left = Value::empty(kind);
-            left.apply(a, update).unwrap();
-            let mut right = Value::empty(kind);
-            right.apply(b, update).unwrap();
+            let (left, right) = (applied(a, update), applied(b, update));
             let mut ab = left.clone();
             ab.merge(right.clone()).unwrap();
             let mut ba = right.clone();
@@ -192,17 +200,11 @@ mod tests {
                 value: vec![b'v'; 100],
                 context: None,
             },
-            Update::Map(MapOp::Register {
-                field: b"f".to_vec(),
-                value: b"v".to_vec(),
-                context: None,
-            }),
+            map_register(),
         ];
         for update in &updates {
             let kind = update.kind().unwrap();
-            let mut value = Value::empty(kind);
-            value.apply(a, update).unwrap();
-            let mut bytes = encode_value(&value).unwrap();
+            let mut bytes = encode_value(&applied(a, update)).unwrap();
             assert!(validate_value(kind, &bytes).is_ok());
             // Every truncation, a trailing byte, and every single-byte change.
             let mut damaged: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();
