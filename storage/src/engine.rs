@@ -349,20 +349,14 @@ impl<S: Store> Engine<S> {
         }
         changed.sort_unstable_by_key(|c| c.0);
         for partition in changed.chunk_by(|a, b| a.0 == b.0) {
-            let tree = self.tree(partition[0].0);
-            let mut repaired = Vec::new();
-            {
-                let mut tree = tree.lock();
-                for &(_, key, old_hash, hash, was_corrupt) in partition {
-                    if was_corrupt {
-                        repaired.push(key);
-                    } else {
-                        tree.update(key, old_hash, Some(hash));
-                    }
-                }
-            }
+            self.tree(partition[0].0).lock().update_many(
+                partition
+                    .iter()
+                    .filter(|c| !c.4)
+                    .map(|&(_, key, old_hash, hash, _)| (key, old_hash, Some(hash))),
+            );
             // The corrupt bytes' entry in the tree is unknown: rebuild their leaves.
-            for key in repaired {
+            for key in partition.iter().filter(|c| c.4).map(|c| c.1) {
                 self.refresh_leaf(partition[0].0, key)?;
             }
         }
