@@ -246,6 +246,17 @@ pub struct WireFailure {
     pub message: String,
 }
 
+/// What the coordinator a request was forwarded to achieved ([`PeerResponse::Updated`] and
+/// [`PeerResponse::Got`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forwarded {
+    /// Replicas that acknowledged the update, or replied to the get.
+    pub count: usize,
+    /// The resulting record (update) or the merged one (get), if any.
+    #[serde(with = "serde_bytes")]
+    pub record: Option<Vec<u8>>,
+}
+
 /// The answer to a [`PeerRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
@@ -254,9 +265,9 @@ pub enum PeerResponse {
     /// The receiver's record, if it has one (answer to `Read`).
     Record(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
     /// The outcome of a forwarded update: acks and the coordinator's resulting record.
-    Updated(Result<(usize, Option<Vec<u8>>), WireFailure>),
+    Updated(Result<Forwarded, WireFailure>),
     /// The outcome of a forwarded get: replies and the merged record.
-    Got(Result<(usize, Option<Vec<u8>>), WireFailure>),
+    Got(Result<Forwarded, WireFailure>),
     /// The receiver's encoded [`ClusterState`](crate::cluster::ClusterState) (answer to
     /// `PullCluster`).
     Cluster(#[serde(with = "serde_bytes")] Vec<u8>),
@@ -351,6 +362,21 @@ mod tests {
         let bytes = encode_response(&response).unwrap();
         assert_eq!(decode_response(&bytes).unwrap(), response);
         assert!(decode_request(&[0xff, 0xff]).is_err());
+        // A forwarded outcome is encoded as the (count, record) pair it was before it had a
+        // name, so nodes of both versions understand each other.
+        for record in [None, Some(vec![9u8; 300])] {
+            let named = Forwarded {
+                count: 2,
+                record: record.clone(),
+            };
+            assert_eq!(
+                codec::encode(&named).unwrap(),
+                codec::encode(&(2usize, record)).unwrap()
+            );
+            let response = PeerResponse::Got(Ok(named));
+            let bytes = encode_response(&response).unwrap();
+            assert_eq!(decode_response(&bytes).unwrap(), response);
+        }
 
         let mut damaged = record.as_bytes().to_vec();
         *damaged.last_mut().unwrap() ^= 1;

@@ -12,7 +12,9 @@ use tracing::Instrument;
 use super::shared::{CallError, Class, InFlight, Shared, blocking};
 use super::storage_key;
 use crate::request::Selection;
-use crate::request::message::{PeerRequest, PeerResponse, WireOutcome, record_from_wire};
+use crate::request::message::{
+    Forwarded, PeerRequest, PeerResponse, WireOutcome, record_from_wire,
+};
 use crate::request::{
     Acknowledged, GetCoordinator, GetEffect, GetOutcome, Outcome, RequestError, RequestId, Target,
     UpdateCoordinator, UpdateEffect, select_targets,
@@ -534,7 +536,7 @@ async fn forward<T: Transport, S: Store>(
             }
         };
         match result {
-            Ok((count, record)) => {
+            Ok(Forwarded { count, record }) => {
                 let record = record.map(record_from_wire).transpose().map_err(|e| {
                     RequestError::Forwarded {
                         outcome: Outcome::Unknown,

@@ -10,7 +10,7 @@ use tokio::sync::{Semaphore, mpsc};
 use super::coordinate::{self, store_replica};
 use super::shared::{Shared, blocking};
 use crate::request::message::{
-    self, PeerRequest, PeerResponse, WireFailure, WireOutcome, record_from_wire,
+    self, Forwarded, PeerRequest, PeerResponse, WireFailure, WireOutcome, record_from_wire,
 };
 use crate::request::{Outcome, RequestError};
 use crate::transport::{IncomingRpc, OVERLOADED, Transport};
@@ -137,7 +137,10 @@ async fn serve<T: Transport, S: Store>(
                 coordinate::update(shared, id, &keyspace, &key, update, w, timeout, true).await;
             Ok(PeerResponse::Updated(
                 result
-                    .map(|ack| (ack.acks, ack.record.map(|r| r.as_bytes().to_vec())))
+                    .map(|ack| Forwarded {
+                        count: ack.acks,
+                        record: ack.record.map(|r| r.as_bytes().to_vec()),
+                    })
                     .map_err(to_wire),
             ))
         }
@@ -298,7 +301,10 @@ async fn serve<T: Transport, S: Store>(
             let result = coordinate::get(shared, id, &keyspace, &key, r, timeout, true).await;
             Ok(PeerResponse::Got(
                 result
-                    .map(|got| (got.replies, got.record.map(|r| r.as_bytes().to_vec())))
+                    .map(|got| Forwarded {
+                        count: got.replies,
+                        record: got.record.map(|r| r.as_bytes().to_vec()),
+                    })
                     .map_err(to_wire),
             ))
         }
