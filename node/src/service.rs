@@ -155,7 +155,7 @@ fn error_reply(e: RequestError) -> ClientResponse {
     };
     let code = match &e {
         RequestError::Invalid(_) => ErrorCode::Invalid,
-        RequestError::Storage(_) => ErrorCode::Storage,
+        RequestError::Storage(_) | RequestError::StorageWrite(_) => ErrorCode::Storage,
         RequestError::Unavailable { .. } => ErrorCode::Unavailable,
         RequestError::ShuttingDown => ErrorCode::Busy,
         _ => ErrorCode::Quorum,

@@ -81,6 +81,12 @@ pub enum RequestError {
     /// nothing was persisted or sent.
     #[error("storage: {0}")]
     Storage(String),
+    /// The coordinator's store failed while writing the update (an I/O error: a full disk, a
+    /// failing device); nothing was sent. The write may have reached the store's log before
+    /// the error, so it may take effect there and spread once the store recovers: unknown
+    /// outcome.
+    #[error("storage write failed: {0}")]
+    StorageWrite(String),
     /// The quorum was not reached; see its outcome.
     #[error(transparent)]
     Quorum(#[from] QuorumError),
@@ -107,7 +113,7 @@ impl RequestError {
             | RequestError::Storage(_) => Outcome::Failed,
             RequestError::Quorum(q) => q.outcome,
             RequestError::Forwarded { outcome, .. } => *outcome,
-            RequestError::ShuttingDown => Outcome::Unknown,
+            RequestError::ShuttingDown | RequestError::StorageWrite(_) => Outcome::Unknown,
         }
     }
 }

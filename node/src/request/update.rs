@@ -70,8 +70,9 @@ enum Status {
 /// # Rules
 ///
 /// - The update is acknowledged once W replicas persisted it, the coordinator included.
-/// - A local failure (wrong type, too large, corrupt record) fails the update before anything
-///   is sent: [`Outcome::Failed`].
+/// - A local refusal (wrong type, too large, corrupt record) fails the update before anything
+///   is sent: [`Outcome::Failed`]. A local write that failed in the store's backend (a full
+///   disk) sends nothing either, but may have reached the store's log: [`Outcome::Unknown`].
 /// - Once the local write succeeded, a missed quorum (failures, or the deadline before W
 ///   acks) is [`Outcome::Unknown`], never failed: the state is on this replica at least and
 ///   will spread.
@@ -188,8 +189,9 @@ impl UpdateCoordinator {
             .collect()
     }
 
-    /// The result of the local write: the persisted record, or why it failed.
-    pub fn handle_local(&mut self, result: Result<Record, String>) {
+    /// The result of the local write: the persisted record, or why it failed
+    /// ([`RequestError::Storage`] or [`RequestError::StorageWrite`]).
+    pub fn handle_local(&mut self, result: Result<Record, RequestError>) {
         if self.done || self.record.is_some() {
             return;
         }
@@ -199,7 +201,7 @@ impl UpdateCoordinator {
                 for (_, status) in &mut self.targets {
                     *status = Status::Failed;
                 }
-                self.finish(Err(RequestError::Storage(e)));
+                self.finish(Err(e));
                 return;
             }
         };
@@ -508,18 +510,29 @@ mod tests {
     }
 
     #[test]
-    fn a_local_failure_fails_with_no_effect_and_sends_nothing() {
-        let mut c = UpdateCoordinator::new(id("a"), targets(), 2, DEADLINE).unwrap();
-        c.handle_local(Err("key holds a set".into()));
-        let effects = drain(&mut c);
-        assert_eq!(effects.len(), 1);
-        let [Err(e)] = done(&effects)[..] else {
-            panic!()
-        };
-        assert_eq!(e.outcome(), Outcome::Failed);
-        c.handle_timeout(DEADLINE);
-        assert!(drain(&mut c).is_empty());
-        assert!(c.is_finished());
+    fn a_local_failure_sends_nothing_and_only_a_refusal_is_a_definite_failure() {
+        for (error, outcome) in [
+            (
+                RequestError::Storage("key holds a set".into()),
+                Outcome::Failed,
+            ),
+            (
+                RequestError::StorageWrite("No space left on device".into()),
+                Outcome::Unknown,
+            ),
+        ] {
+            let mut c = UpdateCoordinator::new(id("a"), targets(), 2, DEADLINE).unwrap();
+            c.handle_local(Err(error));
+            let effects = drain(&mut c);
+            assert_eq!(effects.len(), 1);
+            let [Err(e)] = done(&effects)[..] else {
+                panic!()
+            };
+            assert_eq!(e.outcome(), outcome);
+            c.handle_timeout(DEADLINE);
+            assert!(drain(&mut c).is_empty());
+            assert!(c.is_finished());
+        }
     }
 
     #[test]

@@ -216,7 +216,9 @@ async fn drive_update<T: Transport, S: Store>(
                 return;
             }
         },
-        Err(e) => Err(e.to_string()),
+        // A backend error may come after the write reached the store's log.
+        Err(shoal_storage::StorageError::Backend(e)) => Err(RequestError::StorageWrite(e)),
+        Err(e) => Err(RequestError::Storage(e.to_string())),
     };
     if local.is_ok() && c.local_target().hint_for.is_some() {
         shared.metrics.hint_stored();
