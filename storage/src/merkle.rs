@@ -89,7 +89,9 @@ impl MerkleTree {
     /// Replaces a key's contribution: `old` is its previous value hash (None if new), `new` its
     /// value hash now (None if removed).
     pub fn update(&mut self, key: &[u8], old: Option<ValueHash>, new: Option<ValueHash>) {
-        self.update_many([(key, old, new)]);
+        if let Some(leaf) = self.xor_entry(key, old, new) {
+            self.rehash(&mut [leaf]);
+        }
     }
 
     /// [`update`](Self::update) for many keys, each inner node on their paths rehashed once
@@ -99,29 +101,43 @@ impl MerkleTree {
         &mut self,
         changes: impl IntoIterator<Item = (&'k [u8], Option<ValueHash>, Option<ValueHash>)>,
     ) {
-        let mut dirty: Vec<usize> = Vec::new();
-        for (key, old, new) in changes {
-            if old == new {
-                continue;
-            }
-            let leaf = leaf_of(key) as usize;
-            let delta =
-                old.map_or(0, |h| entry_hash(key, h)) ^ new.map_or(0, |h| entry_hash(key, h));
-            self.levels[DEPTH][leaf] ^= delta;
-            dirty.push(leaf);
-        }
-        self.rehash(dirty);
+        let mut dirty: Vec<usize> = changes
+            .into_iter()
+            .filter_map(|(key, old, new)| self.xor_entry(key, old, new))
+            .collect();
+        self.rehash(&mut dirty);
     }
 
-    /// Recomputes the inner nodes above the `dirty` leaves, each once.
-    fn rehash(&mut self, mut dirty: Vec<usize>) {
+    /// Replaces a key's contribution in its leaf; returns the leaf, unless nothing changed.
+    fn xor_entry(
+        &mut self,
+        key: &[u8],
+        old: Option<ValueHash>,
+        new: Option<ValueHash>,
+    ) -> Option<usize> {
+        if old == new {
+            return None;
+        }
+        let leaf = leaf_of(key) as usize;
+        self.levels[DEPTH][leaf] ^=
+            old.map_or(0, |h| entry_hash(key, h)) ^ new.map_or(0, |h| entry_hash(key, h));
+        Some(leaf)
+    }
+
+    /// Recomputes the inner nodes above the `dirty` leaves, each once (the slice is reused
+    /// for the indices of each level up).
+    fn rehash(&mut self, dirty: &mut [usize]) {
         for level in (0..DEPTH).rev() {
-            for index in &mut dirty {
+            for index in dirty.iter_mut() {
                 *index /= FANOUT;
             }
             dirty.sort_unstable();
-            dirty.dedup();
-            for &index in &dirty {
+            let mut last = None;
+            for &index in dirty.iter() {
+                if last == Some(index) {
+                    continue;
+                }
+                last = Some(index);
                 let start = index * FANOUT;
                 self.levels[level][index] =
                     hash_children(&self.levels[level + 1][start..start + FANOUT]);
@@ -132,7 +148,7 @@ impl MerkleTree {
     /// Sets a leaf's hash outright (after recomputing it from the store) and updates the path.
     pub fn set_leaf(&mut self, leaf: u16, hash: NodeHash) {
         self.levels[DEPTH][leaf as usize] = hash;
-        self.rehash(vec![leaf as usize]);
+        self.rehash(&mut [leaf as usize]);
     }
 
     /// The root hash.

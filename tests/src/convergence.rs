@@ -68,8 +68,8 @@ const WRITERS: usize = 128;
 /// One window of the foreground read measurement.
 const FOREGROUND_WINDOW: Duration = Duration::from_secs(2);
 /// Running-paused-paused-running quads of the foreground read measurement, at most. A quad's
-/// loss spreads over about ±8 % on a loaded 2-core machine, so 32 of them put the mean within
-/// about ±3 % (95 %).
+/// loss spreads over about ±9 % (one standard deviation) on the 2-core machine, so 32 of them
+/// put the mean within about ±3.5 % (95 %).
 const FOREGROUND_QUADS: usize = 32;
 /// How long the idle peer traffic (SWIM, anti-entropy rounds that find nothing) is measured.
 const IDLE_WINDOW: Duration = Duration::from_secs(30);
@@ -706,7 +706,7 @@ async fn read_rate(client: &Client, keys: usize, window: Duration) -> f64 {
 struct PairedLoss {
     quads: Vec<f64>,
     mean: f64,
-    /// Half the width of the 95 % confidence interval (infinite below two quads).
+    /// Half the width of the 95 % confidence interval (infinite below two quads; JSON null).
     half_width: f64,
 }
 
@@ -719,7 +719,12 @@ impl PairedLoss {
             .map(|(r, p)| 1.0 - (r[0] + r[1]) / (p[0] + p[1]).max(1e-9))
             .collect();
         let n = quads.len() as f64;
-        let mean = quads.iter().sum::<f64>() / n.max(1.0);
+        // No quad, no figure: NaN, which the JSON report writes as null.
+        let mean = if quads.is_empty() {
+            f64::NAN
+        } else {
+            quads.iter().sum::<f64>() / n
+        };
         let half_width = if quads.len() < 2 {
             f64::INFINITY
         } else {
@@ -792,5 +797,7 @@ mod tests {
         let one = PairedLoss::of(&[100.0, 100.0, 50.0], &[100.0, 100.0, 100.0]);
         assert_eq!(one.quads, vec![0.0]);
         assert!(one.half_width.is_infinite());
+        let none = PairedLoss::of(&[100.0], &[]);
+        assert!(none.quads.is_empty() && none.mean.is_nan());
     }
 }
