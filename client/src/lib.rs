@@ -47,6 +47,7 @@ pub mod codec;
 mod error;
 pub mod handles;
 pub mod identity;
+pub mod outage;
 pub mod protocol;
 pub mod tls;
 pub mod transport;

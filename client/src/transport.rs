@@ -16,6 +16,7 @@ use rustls::pki_types::CertificateDer;
 
 use crate::codec::{CodecError, FrameKind, MAX_FRAME_LEN, read_frame, write_frame};
 use crate::identity::{Identity, NODE_DNS_NAME, NodeId};
+use crate::outage::OutageProbingFactory;
 use crate::tls::{TlsMaterial, client_config, identity_of};
 
 /// Connection close code: the endpoint is shutting down (or the client is done).
@@ -146,7 +147,7 @@ pub async fn exchange(
 
 /// QUIC settings of a client connection: idle timeout 5 s with keep-alives every second (so a
 /// connection to a node that died closes within 5 s), up to 256 concurrent requests, no
-/// streams from the node.
+/// streams from the node, and the congestion control of [`crate::outage`].
 fn transport_config() -> quinn::TransportConfig {
     let mut config = quinn::TransportConfig::default();
     config
@@ -157,7 +158,8 @@ fn transport_config() -> quinn::TransportConfig {
         .max_concurrent_bidi_streams(VarInt::from_u32(0))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .initial_mtu(MIN_MTU)
-        .min_mtu(MIN_MTU);
+        .min_mtu(MIN_MTU)
+        .congestion_controller_factory(Arc::new(OutageProbingFactory::default()));
     config
 }
 

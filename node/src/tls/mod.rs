@@ -8,5 +8,5 @@
 
 mod server;
 
-pub(crate) use server::server_config;
+pub use server::server_config;
 pub use shoal_client::tls::*;

@@ -14,7 +14,7 @@ use super::{ALPN_CLIENT, ALPN_PEER, TlsError, TlsMaterial, identity_of, provider
 
 /// The server side of a node: accepts peers and clients of the cluster CA (mandatory client
 /// certificates), offers both ALPN protocols, no 0-RTT, no resumption.
-pub(crate) fn server_config(material: &TlsMaterial) -> Result<ServerConfig, TlsError> {
+pub fn server_config(material: &TlsMaterial) -> Result<ServerConfig, TlsError> {
     material.require_node("a server")?;
     let verifier = ClusterClientVerifier::new(material.client_verifier());
     let mut config = ServerConfig::builder_with_provider(provider())

@@ -72,6 +72,7 @@ pub use quic::{
     STREAM_MALFORMED, STREAM_UNANSWERED,
 };
 pub use quic_client::{ClientInbox, ClientRpc};
+pub use shoal_client::outage::{OUTAGE, OutageProbing, OutageProbingFactory, PROBE_SPACING};
 pub use shoal_client::transport::CLOSE_SHUTDOWN;
 pub use shoal_client::transport::{QuicClient, TransportError, check_request};
 

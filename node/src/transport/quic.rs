@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use quinn::{Connection, RecvStream, SendStream, VarInt};
+use shoal_client::outage::OutageProbingFactory;
 use shoal_client::transport::{CLOSE_SHUTDOWN, authenticated, exchange, unreachable};
 use tokio::sync::{mpsc, oneshot};
 
@@ -123,7 +124,8 @@ impl QuicConfig {
             .max_concurrent_uni_streams(VarInt::from_u32(0))
             .datagram_receive_buffer_size(Some(1 << 20))
             .initial_mtu(MIN_MTU)
-            .min_mtu(MIN_MTU);
+            .min_mtu(MIN_MTU)
+            .congestion_controller_factory(Arc::new(OutageProbingFactory::default()));
         Ok(config)
     }
 }
