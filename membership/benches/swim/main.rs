@@ -8,6 +8,7 @@
 //! cargo bench -p shoal-membership --bench swim -- --indirect 3   # Shoal with k = 3 ping-reqs
 //! cargo bench -p shoal-membership --bench swim -- --impls lifeguard,foca   # some rows only
 //! cargo bench -p shoal-membership --bench swim -- --heal-wall 900  # longer heal wall budget
+//! cargo bench -p shoal-membership --bench swim -- --isolate 3,5,8  # only the isolation table
 //! ```
 //!
 //! Wall-time budgets keep a run bounded: 150 s per phase of a row, 120 s per convergence
@@ -28,6 +29,10 @@
 //!   *false deaths*: deaths of healthy members in those runs.
 //! - *heal*: after a 50/50 partition of 60 s ends, time until every member sees every member.
 //! - *bytes*: bytes sent per member per second in a fault-free steady state.
+//! - *isolation* (`--isolate`, a table of its own): one member of a 3-member LAN cluster (the
+//!   dev cluster's settings) cut off for a few seconds, then healed; time until every member
+//!   sees every member alive (not suspect), over 40 trials at random points of the probe
+//!   schedule. Shoal only: foca's view does not say suspect from alive.
 
 mod foca_agent;
 
@@ -391,6 +396,65 @@ fn bench_row<A: Agent>(
     row
 }
 
+/// `--isolate`: member 2 of 3 cut off for each of `cuts`, then healed; prints the time until
+/// every member sees every member alive (median, p90, max over `TRIALS` trials).
+fn isolation(cuts: &[u64]) {
+    const TRIALS: u64 = 40;
+    let all_alive = |sim: &Sim<SwimAgent>| {
+        (0..sim.len()).all(|i| {
+            let swim = &sim.agent(i).expect("up").swim;
+            swim.members().count() == sim.len() - 1
+                && swim
+                    .members()
+                    .all(|m| m.state == shoal_membership::MemberState::Alive)
+        })
+    };
+    println!(
+        "| impl | cut (s) | all alive after the heal: median / p90 / max (s) | never (of {TRIALS}) |"
+    );
+    println!("|---|---|---|---|");
+    for lifeguard in [true, false] {
+        let (_, make) = shoal(lifeguard, 3, None);
+        for &cut in cuts {
+            let mut times = Vec::new();
+            let mut never = 0;
+            for trial in 0..TRIALS {
+                let mut sim = Sim::new(1000 + trial, 3, NetConfig::default(), make(3));
+                run_to_convergence(&mut sim, Duration::from_secs(1), Duration::from_secs(60));
+                // A random point of the probe schedule.
+                sim.run_for(Duration::from_millis(5000 + trial * 997 % 1000));
+                sim.apply(Fault::Partition(vec![vec![2]]));
+                sim.run_for(Duration::from_secs(cut));
+                sim.apply(Fault::Heal);
+                let start = sim.now();
+                loop {
+                    if all_alive(&sim) {
+                        times.push((sim.now() - start).as_secs_f64());
+                        break;
+                    }
+                    if sim.now() - start > Duration::from_secs(120) {
+                        never += 1;
+                        break;
+                    }
+                    sim.run_for(Duration::from_millis(50));
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            let name = if lifeguard {
+                "shoal (lifeguard)"
+            } else {
+                "shoal (no lifeguard)"
+            };
+            println!(
+                "| {name} | {cut} | {:.2} / {:.2} / {:.2} | {never} |",
+                quantile(&times, 0.5),
+                quantile(&times, 0.9),
+                times.last().copied().unwrap_or(f64::NAN)
+            );
+        }
+    }
+}
+
 fn print_table(rows: &[Row]) {
     println!(
         "| impl | N | first suspicion med / p99 (s) | all dead med / p99 (s) | floor (s) | join rounds med / max | log bound | false susp./member-h 5% / 10% / paused | member-hours simulated | false deaths | heal after 60 s split (s) | push-pull (s) | bytes/member/s |"
@@ -465,7 +529,8 @@ fn main() {
              --quick                  10 simulated minutes per loss run (default 1 h; 10 min at N >= 1000)\n\
              --indirect K             Shoal's ping-req count k (default: the preset's, 5)\n\
              --impls a,b              rows: lifeguard, nolifeguard, foca (default all)\n\
-             --heal-wall SECS         wall budget of the post-partition convergence wait (default 120)"
+             --heal-wall SECS         wall budget of the post-partition convergence wait (default 120)\n\
+             --isolate S,...          only: one member of 3 cut off for S seconds, time to all alive"
         );
         return;
     }
@@ -494,6 +559,22 @@ fn main() {
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(120));
+    if let Some(cuts) = args.iter().position(|a| a == "--isolate").map(|i| {
+        args.get(i + 1)
+            .map(|v| {
+                v.split(',')
+                    .map(|c| {
+                        c.trim()
+                            .parse()
+                            .expect("--isolate: seconds, comma-separated")
+                    })
+                    .collect::<Vec<u64>>()
+            })
+            .expect("--isolate needs a list of seconds")
+    }) {
+        isolation(&cuts);
+        return;
+    }
     let opts = Opts {
         indirect,
         impls,

@@ -394,3 +394,68 @@ fn an_acked_confirmation_probe_confirms_nothing() {
     let effects = deliver(&mut b, 2, Body::Gossip, vec![suspect(3, 0, 1)], start);
     assert!(sent(&effects).iter().all(|(to, _)| *to != addr(3)));
 }
+
+/// After a partition the suspect may probe rarely (its local health is low) but the others
+/// probe it: the ack to its ping carries our suspicion (or our verdict that it is dead), so it
+/// refutes without waiting for its own probe of us or for a seed retry.
+#[test]
+fn an_ack_to_a_suspect_or_the_dead_carries_the_claim() {
+    let mut a = node_knowing(4, SwimConfig::for_test());
+    quiesce(&mut a);
+    let start = secs(1);
+    deliver(&mut a, 2, Body::Gossip, vec![suspect(3, 0, 2)], start);
+    let effects = deliver(
+        &mut a,
+        3,
+        Body::Ping {
+            seq: 9,
+            target: id("n1"),
+        },
+        vec![],
+        start,
+    );
+    let acks: Vec<_> = sent(&effects)
+        .into_iter()
+        .filter(|(to, p)| *to == addr(3) && p.body == Body::Ack { seq: 9 })
+        .collect();
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].1.updates.first(), Some(&suspect(3, 0, 1)));
+    // A member we declared dead learns it from our ack the same way, and so can refute.
+    deliver(&mut a, 2, Body::Gossip, vec![dead(2, 0, 4)], start);
+    let effects = deliver(
+        &mut a,
+        2,
+        Body::Ping {
+            seq: 11,
+            target: id("n1"),
+        },
+        vec![],
+        start,
+    );
+    let ack = sent(&effects)
+        .into_iter()
+        .find(|(to, p)| *to == addr(2) && p.body == Body::Ack { seq: 11 })
+        .unwrap();
+    assert_eq!(ack.1.updates.first(), Some(&dead(2, 0, 1)));
+    // An alive member's ack carries no such claim.
+    let effects = deliver(
+        &mut a,
+        4,
+        Body::Ping {
+            seq: 10,
+            target: id("n1"),
+        },
+        vec![],
+        start,
+    );
+    let ack = sent(&effects)
+        .into_iter()
+        .find(|(to, _)| *to == addr(4))
+        .unwrap();
+    assert!(
+        ack.1
+            .updates
+            .iter()
+            .all(|u| !matches!(u, Update::Suspect { id: s, .. } if *s == id("n4")))
+    );
+}

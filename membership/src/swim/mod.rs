@@ -416,7 +416,11 @@ impl<R: RngCore> Swim<R> {
         match packet.body {
             Body::Ping { seq, target } => {
                 if target == self.me.id {
-                    self.send(from, Some(sender), Body::Ack { seq }, None);
+                    // Buddy system on the answer too: a suspect that pings us learns of
+                    // our suspicion at once, even if its own probes are slowed by its
+                    // local health (after a partition, typically).
+                    let buddy = self.buddy_update(&sender);
+                    self.send(from, Some(sender), Body::Ack { seq }, buddy);
                 }
             }
             Body::PingReq {

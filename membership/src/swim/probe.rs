@@ -208,18 +208,30 @@ impl<R: RngCore> Swim<R> {
         out
     }
 
-    /// Lifeguard's buddy system: a ping to a suspect carries the suspicion, so the suspect
-    /// can refute at once.
+    /// Lifeguard's buddy system: a ping to a suspect, and the ack to a ping from one, carry
+    /// the suspicion, so the suspect can refute at once. Extended to the dead: a member we
+    /// declared dead that still pings us (it had not yet given up on us when a partition
+    /// healed) learns of its death from our ack and refutes, instead of waiting for the next
+    /// seed retry (`seed_retry_interval`, 30 s on a LAN) to bring the halves back together.
     pub(super) fn buddy_update(&self, target: &NodeId) -> Option<Update> {
         if !self.config.lifeguard {
             return None;
         }
         let r = self.members.get(target)?;
-        (r.member.state == MemberState::Suspect).then(|| Update::Suspect {
-            id: target.clone(),
-            incarnation: r.member.incarnation,
-            accuser: self.me.id.clone(),
-        })
+        let (id, incarnation, accuser) = (target.clone(), r.member.incarnation, self.me.id.clone());
+        match r.member.state {
+            MemberState::Suspect => Some(Update::Suspect {
+                id,
+                incarnation,
+                accuser,
+            }),
+            MemberState::Dead => Some(Update::Dead {
+                id,
+                incarnation,
+                accuser,
+            }),
+            MemberState::Alive | MemberState::Left => None,
+        }
     }
 }
 
