@@ -61,7 +61,10 @@ pub struct SwimConfig {
     pub push_pull_interval: Duration,
     /// Time between two contacts of a seed address or a member believed dead, so that the two
     /// halves of a healed partition find each other, and a node that could not join retries.
-    /// Default 30 s. Shorter heals partitions sooner.
+    /// Default 30 s. Shorter heals partitions sooner. A member that knows no one else alive
+    /// (joining, or cut off long enough to declare everyone dead) retries every
+    /// [`probe_interval`](Self::probe_interval) instead, contacting every seed and every
+    /// member it believes dead.
     pub seed_retry_interval: Duration,
     /// How long a dead or departed member is remembered before it is forgotten. Default 1 h.
     /// Longer keeps partition healing possible for longer and remembers more members.

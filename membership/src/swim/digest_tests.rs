@@ -459,3 +459,46 @@ fn an_ack_to_a_suspect_or_the_dead_carries_the_claim() {
             .all(|u| !matches!(u, Update::Suspect { id: s, .. } if *s == id("n4")))
     );
 }
+
+/// A member left alone (every other member dead) contacts its seeds every probe interval,
+/// not every `seed_retry_interval`: after a long partition the others may have stopped
+/// probing it too, and the seed retry is what brings the halves back together.
+#[test]
+fn a_member_left_alone_retries_its_seeds_every_probe_interval() {
+    let config = SwimConfig::for_test();
+    let mut a = node_knowing(2, config.clone());
+    quiesce(&mut a);
+    let seed_retries = |s: &Swim<ChaCha8Rng>| -> Vec<Duration> {
+        s.timers
+            .values()
+            .filter(|(k, _)| *k == TimerKind::SeedRetry)
+            .map(|(_, at)| *at)
+            .collect()
+    };
+    let fire = |s: &mut Swim<ChaCha8Rng>, at: Duration| {
+        let token = *s
+            .timers
+            .iter()
+            .find(|(_, (k, _))| *k == TimerKind::SeedRetry)
+            .unwrap()
+            .0;
+        assert!(s.handle_timer(Timer { token }, at));
+        drain(s)
+    };
+    // Knowing another member alive: the long interval.
+    fire(&mut a, secs(10));
+    assert_eq!(
+        seed_retries(&a),
+        vec![secs(10) + config.seed_retry_interval]
+    );
+    let start = secs(100);
+    deliver(&mut a, 2, Body::Gossip, vec![dead(2, 0, 3)], start);
+    assert_eq!(seed_retries(&a), vec![start + config.probe_interval]);
+    // Each retry while alone contacts the seeds and comes back one probe interval later.
+    let at = start + config.probe_interval;
+    assert!(
+        !sent(&fire(&mut a, at)).is_empty(),
+        "the seeds are contacted"
+    );
+    assert_eq!(seed_retries(&a), vec![at + config.probe_interval]);
+}

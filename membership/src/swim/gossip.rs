@@ -21,8 +21,16 @@ impl<R: RngCore> Swim<R> {
             return;
         }
         if self.live <= 1 {
-            for seed in self.seeds.clone() {
-                self.send_state(seed, None, true);
+            // Alone (joining, or cut off): every seed and every member we believe dead.
+            let mut targets: BTreeMap<SocketAddr, Option<NodeId>> =
+                self.seeds.iter().map(|a| (*a, None)).collect();
+            for r in self.members.values() {
+                if r.member.state == MemberState::Dead {
+                    targets.insert(r.member.meta.addr, Some(r.member.id.clone()));
+                }
+            }
+            for (addr, id) in targets {
+                self.send_state(addr, id, true);
             }
             return;
         }

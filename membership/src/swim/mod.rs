@@ -214,6 +214,8 @@ pub struct Swim<R> {
     relays: BTreeMap<u64, Relay>,
     /// Live timers: token → what and when it was due.
     timers: BTreeMap<u64, (TimerKind, Duration)>,
+    /// The token of the pending seed-retry timer.
+    seed_retry: u64,
     next_token: u64,
     next_seq: u64,
     health: u32,
@@ -253,6 +255,7 @@ impl<R: RngCore> Swim<R> {
             extra_probes: BTreeMap::new(),
             relays: BTreeMap::new(),
             timers: BTreeMap::new(),
+            seed_retry: 0,
             next_token: 0,
             next_seq: 0,
             health: 0,
@@ -269,8 +272,7 @@ impl<R: RngCore> Swim<R> {
         swim.arm(TimerKind::Gossip, at);
         let at = now + push_pull.mul_f64(swim.rng.random::<f64>());
         swim.arm(TimerKind::PushPull, at);
-        let seed = now + swim.config.seed_retry_interval;
-        swim.arm(TimerKind::SeedRetry, seed);
+        swim.arm_seed_retry(now);
         let reap = now + swim.reap_interval();
         swim.arm(TimerKind::Reap, reap);
         swim
@@ -551,8 +553,7 @@ impl<R: RngCore> Swim<R> {
             }
             TimerKind::SeedRetry => {
                 self.retry_seeds();
-                let at = now + self.config.seed_retry_interval;
-                self.arm(TimerKind::SeedRetry, at);
+                self.arm_seed_retry(now);
             }
             TimerKind::Reap => {
                 let retention = self.config.dead_retention;
@@ -616,6 +617,23 @@ impl<R: RngCore> Swim<R> {
     fn next_seq(&mut self) -> u64 {
         self.next_seq += 1;
         self.next_seq
+    }
+
+    /// (Re)arms the seed retry: every `seed_retry_interval`, or every probe interval while
+    /// this member knows no one else alive (it is alone: joining, or cut off until a partition
+    /// heals, when every other member may also have declared it dead and stopped probing it).
+    /// Contacting the seeds costs an alone member a few hundred bytes a second; waiting for a
+    /// 30 s timer after a heal cost up to 30 s of a split cluster.
+    pub(super) fn arm_seed_retry(&mut self, now: Duration) {
+        self.timers.remove(&self.seed_retry);
+        let every = if self.live <= 1 {
+            self.config
+                .probe_interval
+                .min(self.config.seed_retry_interval)
+        } else {
+            self.config.seed_retry_interval
+        };
+        self.seed_retry = self.arm(TimerKind::SeedRetry, now + every);
     }
 
     fn arm(&mut self, kind: TimerKind, at: Duration) -> u64 {

@@ -232,6 +232,9 @@ impl<R: RngCore> Swim<R> {
             self.timers.remove(&s.token);
         }
         self.live -= 1;
+        if self.live <= 1 {
+            self.arm_seed_retry(now);
+        }
         self.schedule.invalidate();
         self.broadcasts.push(Update::Dead {
             id,
