@@ -63,8 +63,8 @@ pub struct SwimConfig {
     /// halves of a healed partition find each other, and a node that could not join retries.
     /// Default 30 s. Shorter heals partitions sooner. A member that knows no one else alive
     /// (joining, or cut off long enough to declare everyone dead) retries every
-    /// [`probe_interval`](Self::probe_interval) instead, contacting every seed and every
-    /// member it believes dead.
+    /// [`probe_interval`](Self::probe_interval) instead, contacting every seed and one member
+    /// it believes dead, at random.
     pub seed_retry_interval: Duration,
     /// How long a dead or departed member is remembered before it is forgotten. Default 1 h.
     /// Longer keeps partition healing possible for longer and remembers more members.

@@ -21,16 +21,22 @@ impl<R: RngCore> Swim<R> {
             return;
         }
         if self.live <= 1 {
-            // Alone (joining, or cut off): every seed and every member we believe dead.
-            let mut targets: BTreeMap<SocketAddr, Option<NodeId>> =
-                self.seeds.iter().map(|a| (*a, None)).collect();
-            for r in self.members.values() {
-                if r.member.state == MemberState::Dead {
-                    targets.insert(r.member.meta.addr, Some(r.member.id.clone()));
-                }
+            // Alone (joining, or cut off; this runs every probe interval then): every seed,
+            // and one member we believe dead, at random, so the cost stays bounded in a large
+            // cluster whose members all look dead from here.
+            let dead: Vec<(SocketAddr, NodeId)> = self
+                .members
+                .values()
+                .filter(|r| r.member.state == MemberState::Dead)
+                .filter(|r| !self.seeds.contains(&r.member.meta.addr))
+                .map(|r| (r.member.meta.addr, r.member.id.clone()))
+                .collect();
+            for seed in self.seeds.clone() {
+                self.send_state(seed, None, true);
             }
-            for (addr, id) in targets {
-                self.send_state(addr, id, true);
+            if !dead.is_empty() {
+                let (addr, id) = dead[self.rng.random_range(0..dead.len())].clone();
+                self.send_state(addr, Some(id), true);
             }
             return;
         }
