@@ -2,7 +2,7 @@
 //! congestion control (CUBIC) next to Shoal's [`OutageProbingFactory`], side by side.
 //!
 //! Two client-server pairs of real QUIC connections on 127.0.0.1 (the node's TLS), each
-//! through an in-process UDP relay; one cut flag drops every packet of both relays at once.
+//! through an in-process UDP relay (`CutRelay`); both relays are cut and healed together.
 //! Each client sends a 64-byte datagram and 1 KiB of stream data every 10 ms (SWIM and RPC
 //! traffic, enough to fill the congestion window within a cut). For each cut length, the
 //! figure is the time from the heal to the first datagram the server receives, and the bytes
@@ -13,15 +13,14 @@
 //! ```
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use shoal_node::tls::{ClusterCa, TlsMaterial, peer_client_config, server_config};
+use shoal_node::transport::relay::CutRelay;
 use shoal_node::transport::{MIN_MTU, OutageProbingFactory};
 use shoal_node::{Identity, NodeId};
-use tokio::net::UdpSocket;
 
 /// The longest wait for a datagram after a heal.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -51,51 +50,21 @@ fn material(ca: &ClusterCa, id: &str) -> TlsMaterial {
     TlsMaterial::from_issued(ca, &issued).unwrap()
 }
 
-/// Forwards UDP between a client and `server` unless `cut`; returns the relay's address.
-async fn relay(server: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
-    let front = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
-    let back = Arc::new(UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap());
-    back.connect(server).await.unwrap();
-    let addr = front.local_addr().unwrap();
-    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
-    {
-        let (front, back, cut, client) = (front.clone(), back.clone(), cut.clone(), client.clone());
-        tokio::spawn(async move {
-            let mut buf = vec![0u8; 65536];
-            while let Ok((n, from)) = front.recv_from(&mut buf).await {
-                *client.lock().unwrap() = Some(from);
-                if !cut.load(Ordering::SeqCst) {
-                    let _ = back.send(&buf[..n]).await;
-                }
-            }
-        });
-    }
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = back.recv(&mut buf).await {
-            let to = *client.lock().unwrap();
-            if let (Some(to), false) = (to, cut.load(Ordering::SeqCst)) {
-                let _ = front.send_to(&buf[..n], to).await;
-            }
-        }
-    });
-    addr
-}
-
 /// One client-server pair under load; `arrivals` holds when the server got each datagram.
 struct Pair {
     client: quinn::Connection,
     arrivals: Arc<Mutex<Vec<Instant>>>,
+    relay: CutRelay,
 }
 
-async fn pair(ca: &ClusterCa, cut: Arc<AtomicBool>, outage_probing: bool) -> Pair {
+async fn pair(ca: &ClusterCa, outage_probing: bool) -> Pair {
     let crypto =
         QuicServerConfig::try_from(server_config(&material(ca, "server")).unwrap()).unwrap();
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
     server_config.transport_config(transport(outage_probing));
     let server =
         quinn::Endpoint::server(server_config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
-    let relay_addr = relay(server.local_addr().unwrap(), cut).await;
+    let relay = CutRelay::bind(server.local_addr().unwrap()).await.unwrap();
 
     let crypto =
         QuicClientConfig::try_from(peer_client_config(&material(ca, "client"), None).unwrap())
@@ -105,7 +74,7 @@ async fn pair(ca: &ClusterCa, cut: Arc<AtomicBool>, outage_probing: bool) -> Pai
     let mut endpoint = quinn::Endpoint::client(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
     endpoint.set_default_client_config(client_config);
     let connecting = endpoint
-        .connect(relay_addr, shoal_node::identity::NODE_DNS_NAME)
+        .connect(relay.addr(), shoal_node::identity::NODE_DNS_NAME)
         .unwrap();
     let accepted = async {
         let incoming = server.accept().await.unwrap();
@@ -148,7 +117,11 @@ async fn pair(ca: &ClusterCa, cut: Arc<AtomicBool>, outage_probing: bool) -> Pai
             }
         });
     }
-    Pair { client, arrivals }
+    Pair {
+        client,
+        arrivals,
+        relay,
+    }
 }
 
 impl Pair {
@@ -203,9 +176,13 @@ async fn main() {
         .unwrap_or(3);
 
     let ca = ClusterCa::generate().unwrap();
-    let cut = Arc::new(AtomicBool::new(false));
-    let cubic = pair(&ca, cut.clone(), false).await;
-    let probing = pair(&ca, cut.clone(), true).await;
+    let cubic = pair(&ca, false).await;
+    let probing = pair(&ca, true).await;
+    // Both paths are cut and healed together.
+    let set_cut = |cut: bool| {
+        cubic.relay.set_cut(cut);
+        probing.relay.set_cut(cut);
+    };
     tokio::time::sleep(SETTLE).await;
 
     println!("cut_s round cubic_silence_ms probing_silence_ms cubic_cut_kib_s probing_cut_kib_s");
@@ -215,11 +192,11 @@ async fn main() {
             (vec![], vec![], vec![], vec![]);
         for round in 0..rounds {
             let (c0, p0) = (cubic.sent_bytes(), probing.sent_bytes());
-            cut.store(true, Ordering::SeqCst);
+            set_cut(true);
             tokio::time::sleep(Duration::from_secs(seconds)).await;
             let (c1, p1) = (cubic.sent_bytes(), probing.sent_bytes());
             let heal = Instant::now();
-            cut.store(false, Ordering::SeqCst);
+            set_cut(false);
             let (c, p) = tokio::join!(cubic.silence_after(heal), probing.silence_after(heal));
             let ms = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);
             let rate = |b: u64| b as f64 / 1024.0 / seconds as f64;

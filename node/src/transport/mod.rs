@@ -53,6 +53,8 @@
 mod memory;
 mod quic;
 mod quic_client;
+#[doc(hidden)]
+pub mod relay;
 
 #[cfg(test)]
 mod conformance;

@@ -428,44 +428,6 @@ async fn a_peer_that_crashed_and_restarted_is_reached_without_waiting_for_the_id
     a.shutdown().await;
 }
 
-/// Forwards UDP between whoever sends to the returned address and `server`, dropping every
-/// packet while `cut` is set.
-async fn relay(server: SocketAddr, cut: Arc<AtomicBool>) -> SocketAddr {
-    let front = Arc::new(
-        tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap(),
-    );
-    let back = Arc::new(
-        tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-            .await
-            .unwrap(),
-    );
-    back.connect(server).await.unwrap();
-    let addr = front.local_addr().unwrap();
-    let (sender_tx, mut sender_rx) = tokio::sync::watch::channel(None);
-    let (front2, back2, cut2) = (front.clone(), back.clone(), cut.clone());
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok((n, from)) = front2.recv_from(&mut buf).await {
-            sender_tx.send_replace(Some(from));
-            if !cut2.load(Ordering::SeqCst) {
-                let _ = back2.send(&buf[..n]).await;
-            }
-        }
-    });
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = back.recv(&mut buf).await {
-            let to = *sender_rx.borrow_and_update();
-            if let (Some(to), false) = (to, cut.load(Ordering::SeqCst)) {
-                let _ = front.send_to(&buf[..n], to).await;
-            }
-        }
-    });
-    addr
-}
-
 /// A connection that outlives a cut of its path (shorter than the idle timeout) with its
 /// congestion window full of lost packets carries datagrams and RPCs again after the heal, on
 /// the same connection (outage probing: `shoal_client::outage`).
@@ -475,15 +437,17 @@ async fn a_loaded_connection_speaks_again_after_a_cut() {
     let (a, _a_inbox, _) = bind_node(&ca, &node_id(0)).await;
     let (b, mut b_inbox, _) = bind_node(&ca, &node_id(1)).await;
     serve(std::mem::replace(&mut b_inbox.rpcs, mpsc::channel(1).1));
-    let cut = Arc::new(AtomicBool::new(false));
+    let relay = crate::transport::relay::CutRelay::bind(b.local().addr)
+        .await
+        .unwrap();
     let via = Peer {
         id: b.local().id.clone(),
-        addr: relay(b.local().addr, cut.clone()).await,
+        addr: relay.addr(),
     };
     a.rpc(&via, Bytes::from("before"), PATIENCE).await.unwrap();
     let connection = a.inner.slot(&via.id).live().expect("connected").stable_id();
 
-    cut.store(true, Ordering::SeqCst);
+    relay.set_cut(true);
     // Two seconds of RPCs and datagrams into the cut: far more than the congestion window.
     let a = Arc::new(a);
     let mut lost = Vec::new();
@@ -499,7 +463,7 @@ async fn a_loaded_connection_speaks_again_after_a_cut() {
     for rpc in lost {
         assert!(rpc.await.unwrap().is_err(), "an RPC crossed the cut");
     }
-    cut.store(false, Ordering::SeqCst);
+    relay.set_cut(false);
 
     // Datagrams queued before the heal may still arrive; this waits for a new one.
     deliver_datagram(&*a, &via, &mut b_inbox, Bytes::from("after")).await;
