@@ -403,17 +403,16 @@ fn an_ack_to_a_suspect_or_the_dead_carries_the_claim() {
     let mut a = node_knowing(4, SwimConfig::for_test());
     quiesce(&mut a);
     let start = secs(1);
-    deliver(&mut a, 2, Body::Gossip, vec![suspect(3, 0, 2)], start);
-    let effects = deliver(
-        &mut a,
-        3,
-        Body::Ping {
-            seq: 9,
+    // Member `from` pings n1 (`a`) with `seq`; what `a` sends back.
+    let ping_from = |a: &mut Swim<ChaCha8Rng>, from: u8, seq: u64| {
+        let ping = Body::Ping {
+            seq,
             target: id("n1"),
-        },
-        vec![],
-        start,
-    );
+        };
+        deliver(a, from, ping, vec![], start)
+    };
+    deliver(&mut a, 2, Body::Gossip, vec![suspect(3, 0, 2)], start);
+    let effects = ping_from(&mut a, 3, 9);
     let acks: Vec<_> = sent(&effects)
         .into_iter()
         .filter(|(to, p)| *to == addr(3) && p.body == Body::Ack { seq: 9 })
@@ -422,32 +421,14 @@ fn an_ack_to_a_suspect_or_the_dead_carries_the_claim() {
     assert_eq!(acks[0].1.updates.first(), Some(&suspect(3, 0, 1)));
     // A member we declared dead learns it from our ack the same way, and so can refute.
     deliver(&mut a, 2, Body::Gossip, vec![dead(2, 0, 4)], start);
-    let effects = deliver(
-        &mut a,
-        2,
-        Body::Ping {
-            seq: 11,
-            target: id("n1"),
-        },
-        vec![],
-        start,
-    );
+    let effects = ping_from(&mut a, 2, 11);
     let ack = sent(&effects)
         .into_iter()
         .find(|(to, p)| *to == addr(2) && p.body == Body::Ack { seq: 11 })
         .unwrap();
     assert_eq!(ack.1.updates.first(), Some(&dead(2, 0, 1)));
     // An alive member's ack carries no such claim.
-    let effects = deliver(
-        &mut a,
-        4,
-        Body::Ping {
-            seq: 10,
-            target: id("n1"),
-        },
-        vec![],
-        start,
-    );
+    let effects = ping_from(&mut a, 4, 10);
     let ack = sent(&effects)
         .into_iter()
         .find(|(to, _)| *to == addr(4))
