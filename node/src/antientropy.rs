@@ -42,11 +42,13 @@ use shoal_storage::{MerkleTree, NodeHash, ValueHash};
 pub const LEAVES_PER_STEP: usize = 64;
 /// Keys fetched or pushed per repair round trip.
 pub const KEYS_PER_STEP: usize = 256;
-/// Records one `AePush` may carry: a batch of whole leaves is at most [`KEYS_PER_STEP`]
-/// records, unless a single leaf holds more (a leaf is never split). A leaf holds about
-/// 1/4096 of its partition's keys, so this bound is reached only past 16 million keys in one
-/// partition.
-pub const MAX_PUSH_RECORDS: usize = 16 * KEYS_PER_STEP;
+/// Records per batch of a whole-leaf transfer (a refill) while the node serves no clients
+/// (see the runtime's `transfer_batch`): a batch is at most this many, unless a single leaf
+/// holds more (a leaf is never split).
+pub const TRANSFER_RECORDS: usize = 16 * KEYS_PER_STEP;
+/// Records one `AePush` may carry. A leaf holds about 1/4096 of its partition's keys, so a
+/// batch of whole leaves reaches this bound only past 64 million keys in one partition.
+pub const MAX_PUSH_RECORDS: usize = 4 * TRANSFER_RECORDS;
 
 /// An output of an [`Exchange`].
 #[derive(Debug, Clone, PartialEq, Eq)]

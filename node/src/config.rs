@@ -7,6 +7,8 @@
 //! seeds    = ["127.0.0.1:7101", "127.0.0.1:7102"]
 //! tls_dir  = "/etc/shoal/tls"       # required
 //! admin    = "127.0.0.1:7200"
+//! anti_entropy_keys_per_sec  = 200000   # anti-entropy's budget on this node
+//! anti_entropy_bytes_per_sec = 67108864
 //! ```
 //!
 //! Every key is documented on [`FileConfig`]. Unknown keys are refused (a typo must not
@@ -59,6 +61,12 @@ pub struct FileConfig {
     /// File this node writes its process id to while it runs, removed at a graceful stop.
     /// Default none. `shoal dev-cluster` sets it to `DIR/<node-id>/pid`.
     pub pid_file: Option<PathBuf>,
+    /// Keys per second anti-entropy compares or repairs at most on this node, while it serves
+    /// no clients (a quarter of a percent of it while it does). At least 1. Default 200 000.
+    pub anti_entropy_keys_per_sec: Option<u64>,
+    /// Payload bytes per second anti-entropy moves at most on this node, while it serves no
+    /// clients (a quarter of a percent of it while it does). At least 1. Default 64 MiB.
+    pub anti_entropy_bytes_per_sec: Option<u64>,
 }
 
 /// Log output format.
@@ -110,6 +118,10 @@ pub struct NodeSettings {
     pub log_format: LogFormat,
     /// See [`FileConfig::pid_file`].
     pub pid_file: Option<PathBuf>,
+    /// See [`FileConfig::anti_entropy_keys_per_sec`].
+    pub anti_entropy_keys_per_sec: Option<u64>,
+    /// See [`FileConfig::anti_entropy_bytes_per_sec`].
+    pub anti_entropy_bytes_per_sec: Option<u64>,
 }
 
 /// The configuration is unusable; nothing was started. The message names the file and key.
@@ -181,6 +193,17 @@ impl FileConfig {
         let tls_dir = self
             .tls_dir
             .ok_or_else(|| missing("tls_dir", "--tls-dir"))?;
+        for (key, value) in [
+            ("anti_entropy_keys_per_sec", self.anti_entropy_keys_per_sec),
+            (
+                "anti_entropy_bytes_per_sec",
+                self.anti_entropy_bytes_per_sec,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(ConfigError(format!("`{key}` must be at least 1")));
+            }
+        }
         let listen = self.listen.unwrap_or(DEFAULT_LISTEN);
         let mut seeds = self.seeds.unwrap_or_default();
         seeds.retain(|s| *s != listen);
@@ -195,6 +218,8 @@ impl FileConfig {
             admin: self.admin.unwrap_or(DEFAULT_ADMIN),
             log_format: self.log_format.unwrap_or_default(),
             pid_file: self.pid_file,
+            anti_entropy_keys_per_sec: self.anti_entropy_keys_per_sec,
+            anti_entropy_bytes_per_sec: self.anti_entropy_bytes_per_sec,
         })
     }
 
@@ -282,6 +307,35 @@ mod tests {
     }
 
     #[test]
+    fn an_anti_entropy_budget_is_read_and_zero_is_refused() {
+        let base = "node_id = \"n1\"\ndata_dir = \"/d\"\ntls_dir = \"/t\"\n";
+        let settings = FileConfig::parse(
+            &format!(
+                "{base}anti_entropy_keys_per_sec = 5000\nanti_entropy_bytes_per_sec = 1048576"
+            ),
+            "t",
+        )
+        .unwrap()
+        .settings()
+        .unwrap();
+        assert_eq!(
+            (
+                settings.anti_entropy_keys_per_sec,
+                settings.anti_entropy_bytes_per_sec
+            ),
+            (Some(5000), Some(1 << 20))
+        );
+        let e = FileConfig::parse(&format!("{base}anti_entropy_keys_per_sec = 0"), "t")
+            .unwrap()
+            .settings()
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`anti_entropy_keys_per_sec`"), "{e}");
+        let e = parse_err(&format!("{base}anti_entropy_bytes_per_sec = -1"));
+        assert!(e.contains("`anti_entropy_bytes_per_sec`"), "{e}");
+    }
+
+    #[test]
     fn flags_override_the_file() {
         let file = FileConfig::parse(
             "node_id = \"n1\"\ndata_dir = \"/d\"\ntls_dir = \"/t\"\nlisten = \"127.0.0.1:1\"",
@@ -312,6 +366,8 @@ mod tests {
             admin: Some("127.0.0.1:7201".parse().unwrap()),
             log_format: None,
             pid_file: Some("/x/n2/pid".into()),
+            anti_entropy_keys_per_sec: Some(1000),
+            anti_entropy_bytes_per_sec: None,
         };
         assert_eq!(FileConfig::parse(&file.to_toml(), "t").unwrap(), file);
     }

@@ -258,23 +258,15 @@ pub fn status<T: Transport, S: Store>(node: &Node<T, S>) -> ClientResponse {
         }
     }
     let metrics = node.metrics();
-    let hints = match node.hint_backlog() {
-        Ok(backlog) => backlog
-            .into_iter()
-            .map(|(target, b)| HintInfo {
-                target,
-                keys: b.keys,
-                oldest_age_ms: b.oldest_age.map(|a| a.as_millis() as u64),
-            })
-            .collect(),
-        Err(e) => {
-            return ClientResponse::Error(ErrorReply {
-                outcome: WireOutcome::Failed,
-                code: ErrorCode::Storage,
-                message: format!("hint backlog: {e}"),
-            });
-        }
-    };
+    let hints = node
+        .hint_backlog()
+        .into_iter()
+        .map(|(target, b)| HintInfo {
+            target,
+            keys: b.keys,
+            oldest_age_ms: b.oldest_age.map(|a| a.as_millis() as u64),
+        })
+        .collect();
     ClientResponse::Status(NodeStatus {
         node_id: me.id.to_string(),
         addr: me.addr,

@@ -199,7 +199,7 @@ async fn large_values_move_in_batches_that_fit_a_message() {
             && cluster
                 .engines
                 .iter()
-                .all(|e| e.hint_backlog().unwrap().values().all(|b| b.keys == 0))
+                .all(|e| e.hint_backlog().values().all(|b| b.keys == 0))
     })
     .await;
     // Anti-entropy refills a wiped replica with them.
@@ -272,9 +272,11 @@ async fn a_pause_holds_a_refill_between_batches() {
     // 8 partitions, so a wiped replica's partition is refilled in many batches of whole
     // leaves, each a step of the same exchange; a budget low enough for the refill to take
     // seconds.
+    let batch = shoal_node::antientropy::KEYS_PER_STEP;
     let mut cluster = Cluster::with_config(25, |c| {
         c.ring.partitions = 8;
         c.ae_keys_per_sec = 1000;
+        c.ae_transfer_batch = batch;
     });
     let keys = 4000;
     for i in 0..keys {
@@ -298,7 +300,7 @@ async fn a_pause_holds_a_refill_between_batches() {
     tokio::time::sleep(Duration::from_secs(60)).await;
     let paused = repaired(&cluster) - at_pause;
     // At most the batches already on their way when the pause came: one per exchange.
-    let in_flight = (NODES * 4 * shoal_node::antientropy::KEYS_PER_STEP) as u64;
+    let in_flight = (NODES * 4 * batch) as u64;
     assert!(
         paused <= in_flight,
         "{paused} keys repaired in 60 s of pause (at most {in_flight} were on their way)"

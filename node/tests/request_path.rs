@@ -95,13 +95,7 @@ async fn a_fallback_keeps_a_hint_until_the_primary_is_back() {
     let holders: Vec<usize> = cluster
         .up()
         .into_iter()
-        .filter(|&i| {
-            cluster
-                .node(i)
-                .hint_backlog()
-                .unwrap()
-                .contains_key(&down_id)
-        })
+        .filter(|&i| cluster.node(i).hint_backlog().contains_key(&down_id))
         .collect();
     assert_eq!(holders.len(), 1, "one fallback holds the hint");
     assert!(!primaries.contains(&holders[0]));
@@ -286,7 +280,7 @@ async fn a_slow_peer_fails_fast_instead_of_queueing() {
     // The first replicate to the slow peer still holds its only slot; the later ones failed
     // at once and were hinted, long before any deadline.
     let slow_id = cluster.peer(slow).id.as_str().to_owned();
-    let backlog = node.hint_backlog().unwrap();
+    let backlog = node.hint_backlog();
     assert_eq!(
         backlog.get(&slow_id).map(|b| b.keys),
         Some(1),
@@ -316,7 +310,7 @@ async fn a_coordinator_crashed_before_a_target_confirmed_delivers_by_its_write_a
         .await
         .unwrap();
     let missed_id = cluster.peer(missed).id.as_str().to_owned();
-    let backlog = cluster.node(coordinator).hint_backlog().unwrap();
+    let backlog = cluster.node(coordinator).hint_backlog();
     assert_eq!(
         backlog.get(&missed_id).map(|b| b.keys),
         Some(1),
@@ -336,7 +330,7 @@ async fn a_coordinator_crashed_before_a_target_confirmed_delivers_by_its_write_a
     )
     .await;
     eventually(Duration::from_secs(60), || {
-        cluster.node(coordinator).hint_backlog().unwrap().is_empty()
+        cluster.node(coordinator).hint_backlog().is_empty()
     })
     .await;
 }
@@ -364,7 +358,6 @@ async fn hints_flow_as_soon_as_a_briefly_cut_target_answers_again() {
     let held = |c: &Cluster| {
         c.node(coordinator)
             .hint_backlog()
-            .unwrap()
             .get(&target_id)
             .map_or(0, |h| h.keys)
     };

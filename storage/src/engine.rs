@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::{Mutex, RwLock};
 use xxhash_rust::xxh3::{Xxh3DefaultBuilder, xxh3_64, xxh3_128};
 
+use crate::backlog::{Backlogs, HintChange};
 use crate::error::{Limit, StorageError};
 use crate::merkle::{self, MerkleTree, NodeHash};
 use crate::record::{Record, ValueHash};
@@ -97,6 +98,7 @@ pub struct Engine<S: Store> {
     actor: Actor,
     stripes: Box<[Mutex<()>]>,
     trees: RwLock<HashMap<Partition, Arc<Mutex<MerkleTree>>>>,
+    backlogs: Backlogs,
 }
 
 impl<S: Store> Engine<S> {
@@ -152,12 +154,19 @@ impl<S: Store> Engine<S> {
             },
             stripes: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
             trees: RwLock::new(HashMap::new()),
+            backlogs: Backlogs::default(),
         };
         *engine.trees.write() = engine
             .build_trees(None)?
             .into_iter()
             .map(|(p, t)| (p, Arc::new(Mutex::new(t))))
             .collect();
+        engine
+            .store
+            .scan_prefix(Column::Hints, &[], &mut |hk: &[u8], raw: &[u8]| {
+                engine.backlogs.count(hk, raw);
+                true
+            })?;
         Ok(engine)
     }
 
@@ -231,11 +240,16 @@ impl<S: Store> Engine<S> {
         value.apply(self.actor, update)?;
         let record = Record::encode(&value)?;
         let old_hash = old.as_ref().map(Record::hash);
-        let mut hints = Vec::with_capacity(hint_keys.len());
+        let (mut hints, mut changes) = (Vec::new(), Vec::new());
         for hk in hint_keys {
-            hints.push(self.merged_hint(hk, &record)?);
+            let (write, change) = self.merged_hint(hk, &record)?;
+            hints.push(write);
+            changes.push(change);
         }
         self.persist(partition, key, dk, old_hash, &record, hints)?;
+        for change in changes {
+            self.backlogs.apply(change);
+        }
         Ok(Written {
             changed: old_hash != Some(record.hash()),
             value: Some(value),
@@ -448,14 +462,16 @@ impl<S: Store> Engine<S> {
         Ok(())
     }
 
-    /// The write that makes the hint at `hk` hold `record` merged into what it holds. The
-    /// caller holds the key's stripe.
-    fn merged_hint(&self, hk: Vec<u8>, record: &Record) -> Result<BatchOp, StorageError> {
-        let (created_ms, merged) = match self
-            .store
-            .get(Column::Hints, &hk)?
-            .map(|raw| split_hint(&raw))
-        {
+    /// The write that makes the hint at `hk` hold `record` merged into what it holds, and its
+    /// change of the backlog (to apply once the write is durable). The caller holds the key's
+    /// stripe.
+    fn merged_hint(
+        &self,
+        hk: Vec<u8>,
+        record: &Record,
+    ) -> Result<(BatchOp, HintChange), StorageError> {
+        let old = self.store.get(Column::Hints, &hk)?;
+        let (created_ms, merged) = match old.as_deref().map(split_hint) {
             Some(Ok((created_ms, held))) if held.hash() == record.hash() => (created_ms, held),
             Some(Ok((created_ms, held))) => {
                 let mut value = held.decode()?;
@@ -470,9 +486,10 @@ impl<S: Store> Engine<S> {
             // for this write path, and anti-entropy covers the rest.
             Some(Err(_)) | None => (now_ms(), record.clone()),
         };
+        let change = HintChange::put(&hk, old.as_deref(), created_ms);
         let mut stored = created_ms.to_le_bytes().to_vec();
         stored.extend_from_slice(merged.as_bytes());
-        Ok(BatchOp::Put(Column::Hints, hk, stored))
+        Ok((BatchOp::Put(Column::Hints, hk, stored), change))
     }
 
     /// The lock of a data key. Data keys lock by partition and Merkle leaf, so one stripe
@@ -659,8 +676,10 @@ impl<S: Store> Engine<S> {
         let _guard = self
             .stripe(&data_key(partition, key)[..DATA_PREFIX_LEN])
             .lock();
-        let write = self.merged_hint(hk, record)?;
-        self.store.write(vec![write])
+        let (write, change) = self.merged_hint(hk, record)?;
+        self.store.write(vec![write])?;
+        self.backlogs.apply(change);
+        Ok(())
     }
 
     /// Up to `limit` hints for `target`, in store order, starting after the hint for
@@ -707,19 +726,32 @@ impl<S: Store> Engine<S> {
                             created_ms,
                         })
                     }
-                    Err(_) => corrupt.push(hk.to_vec()),
+                    Err(_) => corrupt.push((partition, rest[4..].to_vec())),
                 }
                 hints.len() < limit && bytes < BATCH_BYTES
             },
         )?;
         if !corrupt.is_empty() {
             tracing::warn!(target, count = corrupt.len(), "dropping corrupt hints");
-            self.store.write(
-                corrupt
-                    .into_iter()
-                    .map(|k| BatchOp::Delete(Column::Hints, k))
-                    .collect(),
-            )?;
+            let data_keys: Vec<Vec<u8>> = corrupt.iter().map(|(p, k)| data_key(*p, k)).collect();
+            let _guards = self.lock_stripes(data_keys.iter().map(|dk| dk.as_slice()));
+            // Still corrupt under the lock (a put may have replaced one since the scan).
+            let (mut batch, mut changes) = (Vec::new(), Vec::new());
+            for (partition, key) in corrupt {
+                let hk = hint_key(target, partition, &key)?;
+                if let Some(raw) = self.store.get(Column::Hints, &hk)?
+                    && split_hint(&raw).is_err()
+                {
+                    changes.push(HintChange::delete(&hk, &raw));
+                    batch.push(BatchOp::Delete(Column::Hints, hk));
+                }
+            }
+            if !batch.is_empty() {
+                self.store.write(batch)?;
+            }
+            for change in changes {
+                self.backlogs.apply(change);
+            }
         }
         Ok(hints)
     }
@@ -742,26 +774,49 @@ impl<S: Store> Engine<S> {
             .map(|(partition, key, _)| data_key(*partition, key))
             .collect();
         let _guards = self.lock_stripes(data_keys.iter().map(|dk| dk.as_slice()));
-        let mut batch = Vec::new();
+        let mut deletes = Vec::new();
         for (hk, (_, _, hash)) in hint_keys.into_iter().zip(delivered) {
-            if self.hint_holds(&hk, *hash)? {
-                batch.push(BatchOp::Delete(Column::Hints, hk));
+            if let Some(change) = self.hint_holds(&hk, *hash)? {
+                deletes.push((hk, change));
             }
         }
-        let deleted = batch.len();
-        if deleted > 0 {
-            self.store.write(batch)?;
-        }
-        Ok(deleted)
+        self.delete_hints(deletes)
     }
 
-    /// Whether the hint at `hk` exists and holds the state with hash `delivered` (a corrupt
-    /// hint counts as holding it: deleting it loses nothing readable).
-    fn hint_holds(&self, hk: &[u8], delivered: ValueHash) -> Result<bool, StorageError> {
+    /// If the hint at `hk` exists and holds the state with hash `delivered` (a corrupt hint
+    /// counts as holding it: deleting it loses nothing readable), the backlog change of
+    /// deleting it.
+    fn hint_holds(
+        &self,
+        hk: &[u8],
+        delivered: ValueHash,
+    ) -> Result<Option<HintChange>, StorageError> {
         let Some(raw) = self.store.get(Column::Hints, hk)? else {
-            return Ok(false);
+            return Ok(None);
         };
-        Ok(!matches!(split_hint(&raw), Ok((_, record)) if record.hash() != delivered))
+        Ok(match split_hint(&raw) {
+            Ok((_, record)) if record.hash() != delivered => None,
+            _ => Some(HintChange::delete(hk, &raw)),
+        })
+    }
+
+    /// Deletes hints in one write, then takes them off the backlog; returns how many. The
+    /// caller holds their keys' stripes.
+    fn delete_hints(&self, deletes: Vec<(Vec<u8>, HintChange)>) -> Result<usize, StorageError> {
+        if deletes.is_empty() {
+            return Ok(0);
+        }
+        let (keys, changes): (Vec<_>, Vec<_>) = deletes.into_iter().unzip();
+        let deleted = keys.len();
+        self.store.write(
+            keys.into_iter()
+                .map(|hk| BatchOp::Delete(Column::Hints, hk))
+                .collect(),
+        )?;
+        for change in changes {
+            self.backlogs.apply(change);
+        }
+        Ok(deleted)
     }
 
     /// Deletes the hints for several targets of one key that still hold the state with hash
@@ -781,35 +836,23 @@ impl<S: Store> Engine<S> {
         let _guard = self
             .stripe(&data_key(partition, key)[..DATA_PREFIX_LEN])
             .lock();
-        let mut batch = Vec::new();
+        let mut deletes = Vec::new();
         for hk in hint_keys {
-            if self.hint_holds(&hk, delivered)? {
-                batch.push(BatchOp::Delete(Column::Hints, hk));
+            if let Some(change) = self.hint_holds(&hk, delivered)? {
+                deletes.push((hk, change));
             }
         }
-        let deleted = batch.len();
-        if deleted > 0 {
-            self.store.write(batch)?;
-        }
-        Ok(deleted)
+        self.delete_hints(deletes)
     }
 
     /// The hint backlog per target node.
-    pub fn hint_backlog(&self) -> Result<BTreeMap<String, Backlog>, StorageError> {
-        let mut backlog: BTreeMap<String, Backlog> = BTreeMap::new();
-        self.store
-            .scan_prefix(Column::Hints, &[], &mut |hk: &[u8], raw: &[u8]| {
-                let len = hk[0] as usize;
-                let target = String::from_utf8_lossy(&hk[1..1 + len]).into_owned();
-                let entry = backlog.entry(target).or_default();
-                entry.keys += 1;
-                if raw.len() >= 8 {
-                    let created = u64::from_le_bytes(raw[..8].try_into().expect("8 bytes"));
-                    entry.oldest_ms = Some(entry.oldest_ms.map_or(created, |o| o.min(created)));
-                }
-                true
-            })?;
-        Ok(backlog)
+    pub fn hint_backlog(&self) -> BTreeMap<String, Backlog> {
+        self.backlogs.snapshot()
+    }
+
+    /// Whether any hint is held for `target`.
+    pub fn holds_hints(&self, target: &str) -> bool {
+        self.backlogs.holds(target)
     }
 
     /// Metadata a layer above keeps under `name` (the node keeps its cluster state here), if

@@ -17,6 +17,7 @@
 //! What it does not do: placement (the caller passes each key's partition), networking,
 //! quorums. Those live in `shoal-membership` and `shoal-node`.
 
+mod backlog;
 pub mod codec;
 pub mod engine;
 pub mod error;

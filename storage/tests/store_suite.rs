@@ -297,7 +297,7 @@ fn hints_merge_per_key_and_delete_only_delivered<S: Store>(e: &Engine<S>) {
     e.put_hint("node-c", 7, b"k1", &r2).unwrap();
     e.put_hint("node-c", 8, b"k2", &r3).unwrap();
     e.put_hint("node-d", 8, b"k2", &r3).unwrap();
-    let backlog = e.hint_backlog().unwrap();
+    let backlog = e.hint_backlog();
     assert_eq!(backlog["node-c"].keys, 2, "hints merge per key");
     assert_eq!(backlog["node-d"].keys, 1);
     assert!(backlog["node-c"].oldest_ms.is_some());
@@ -406,7 +406,7 @@ fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: S
         .apply_with_hints(3, b"k", &set_add(&["a"]), &["node-b", "node-c"])
         .unwrap();
     let r1 = first.record.unwrap();
-    let backlog = e.hint_backlog().unwrap();
+    let backlog = e.hint_backlog();
     assert_eq!((backlog["node-b"].keys, backlog["node-c"].keys), (1, 1));
     let held = &e.hints("node-b", None, 10).unwrap()[0];
     assert_eq!(
@@ -442,7 +442,7 @@ fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: S
             .unwrap(),
         2
     );
-    assert!(e.hint_backlog().unwrap().is_empty());
+    assert!(e.hint_backlog().is_empty());
     // A bad target changes nothing, not even the data.
     assert!(
         e.apply_with_hints(3, b"k", &set_add(&["c"]), &[""])
@@ -572,6 +572,57 @@ fn data_directory_of_another_node_is_refused() {
         .err()
         .unwrap();
     assert!(matches!(err, StorageError::WrongNode { .. }), "{err}");
+}
+
+#[test]
+fn reopen_restores_the_hint_backlog() {
+    let h = Rocks(TempDir::new().unwrap());
+    let before = {
+        let e = h.engine();
+        for i in 0..40u32 {
+            e.apply_with_hints(i % 4, &i.to_be_bytes(), &Update::CounterAdd(1), &["b", "c"])
+                .unwrap();
+        }
+        let delivered: Vec<_> = e
+            .hints("b", None, 25)
+            .unwrap()
+            .into_iter()
+            .map(|h| (h.partition, h.key, h.record.hash()))
+            .collect();
+        assert_eq!(e.remove_delivered_hints("b", &delivered).unwrap(), 25);
+        e.hint_backlog()
+    };
+    assert_eq!((before["b"].keys, before["c"].keys), (15, 40));
+    let e = h.engine();
+    assert_eq!(
+        e.hint_backlog(),
+        before,
+        "the backlog is rebuilt from the store"
+    );
+    assert!(e.holds_hints("c") && !e.holds_hints("d"));
+}
+
+#[test]
+fn a_corrupt_hint_is_dropped_and_leaves_the_backlog() {
+    let e = Memory.engine();
+    e.apply_with_hints(1, b"k", &Update::CounterAdd(1), &["b"])
+        .unwrap();
+    e.apply_with_hints(1, b"j", &Update::CounterAdd(1), &["b"])
+        .unwrap();
+    // Damage the record of one hint after its 8-byte creation time.
+    let mut hk = vec![1u8, b'b'];
+    hk.extend_from_slice(&1u32.to_be_bytes());
+    hk.extend_from_slice(b"k");
+    let mut raw = e.store().get(Column::Hints, &hk).unwrap().unwrap();
+    let last = raw.len() - 1;
+    raw[last] ^= 0xff;
+    e.store()
+        .write(vec![shoal_storage::BatchOp::Put(Column::Hints, hk, raw)])
+        .unwrap();
+    assert_eq!(e.hint_backlog()["b"].keys, 2);
+    let hints = e.hints("b", None, 10).unwrap();
+    assert_eq!(hints.len(), 1, "the corrupt hint is not offered");
+    assert_eq!(e.hint_backlog()["b"].keys, 1, "and no longer counted");
 }
 
 #[test]

@@ -222,6 +222,7 @@ fn create(dir: &Path, count: usize, base_port: u16) -> Result<ClusterFile, CliEr
             admin: Some(addr(base_port + 100 + i as u16)),
             log_format: None,
             pid_file: Some(node_dir.join("pid")),
+            ..FileConfig::default()
         };
         let text = format!(
             "# Node {id} of the dev cluster in {} (written by `shoal dev-cluster`).\n\

@@ -207,6 +207,12 @@ async fn run_node(settings: NodeSettings) -> Result<(), CliError> {
     config.cluster = learned;
     config.seed = rand::random();
     config.swim_wall_clock = true;
+    if let Some(keys) = settings.anti_entropy_keys_per_sec {
+        config.ae_keys_per_sec = keys;
+    }
+    if let Some(bytes) = settings.anti_entropy_bytes_per_sec {
+        config.ae_bytes_per_sec = bytes;
+    }
     let node = Arc::new(
         Node::start(config, transport.clone(), inbox, engine)
             .map_err(|e| CliError::Input(e.to_string()))?,

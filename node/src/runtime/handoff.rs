@@ -36,13 +36,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
                 }
             }
             _ = tick.tick() => {
-                let backlog = match blocking(|| shared.engine.hint_backlog()) {
-                    Ok(backlog) => backlog,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "hint backlog unreadable");
-                        continue;
-                    }
-                };
+                let backlog = shared.engine.hint_backlog();
                 for target in backlog.keys().filter_map(|t| MemberId::new(t.as_str()).ok()) {
                     if shared.is_live(&target) && start(&shared, &mut sessions, target.clone()) {
                         touched.push(target);

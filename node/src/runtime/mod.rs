@@ -142,10 +142,14 @@ pub struct NodeConfig {
     pub ae_min_interval: Duration,
     /// Longest time between two rounds when they find nothing. Default 60 s.
     pub ae_max_interval: Duration,
-    /// Anti-entropy payload bytes per second this node moves at most. Default 16 MiB.
+    /// Anti-entropy payload bytes per second this node moves at most. Default 64 MiB.
     pub ae_bytes_per_sec: u64,
-    /// Keys per second anti-entropy compares or repairs at most. Default 50 000.
+    /// Keys per second anti-entropy compares or repairs at most. Default 200 000.
     pub ae_keys_per_sec: u64,
+    /// Records per batch of a whole-leaf transfer (a refill) while the node serves no clients
+    /// (see `transfer_batch` in the anti-entropy task). Default and most
+    /// [`TRANSFER_RECORDS`](crate::antientropy::TRANSFER_RECORDS).
+    pub ae_transfer_batch: usize,
 }
 
 impl NodeConfig {
@@ -172,8 +176,9 @@ impl NodeConfig {
             anti_entropy: true,
             ae_min_interval: Duration::from_secs(2),
             ae_max_interval: Duration::from_secs(60),
-            ae_bytes_per_sec: 16 << 20,
-            ae_keys_per_sec: 50_000,
+            ae_bytes_per_sec: 64 << 20,
+            ae_keys_per_sec: 200_000,
+            ae_transfer_batch: crate::antientropy::TRANSFER_RECORDS,
         }
     }
 
@@ -538,13 +543,13 @@ impl<T: Transport, S: Store> Node<T, S> {
     }
 
     /// The hint backlog per target node.
-    pub fn hint_backlog(
-        &self,
-    ) -> Result<BTreeMap<String, HintBacklog>, shoal_storage::StorageError> {
+    pub fn hint_backlog(&self) -> BTreeMap<String, HintBacklog> {
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        Ok(shared::blocking(|| self.shared.engine.hint_backlog())?
+        self.shared
+            .engine
+            .hint_backlog()
             .into_iter()
             .map(|(target, b)| {
                 let oldest_age = b
@@ -558,7 +563,7 @@ impl<T: Transport, S: Store> Node<T, S> {
                     },
                 )
             })
-            .collect())
+            .collect()
     }
 
     /// Graceful stop: announces the departure through SWIM (peers mark this node left at

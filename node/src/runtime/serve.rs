@@ -254,7 +254,7 @@ async fn serve<T: Transport, S: Store>(
                     partition,
                     first,
                     last,
-                    crate::antientropy::KEYS_PER_STEP,
+                    super::antientropy::transfer_batch(shared),
                 )
             })
             .map(|(records, next)| PeerResponse::LeafRecords { records, next })

@@ -410,7 +410,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             m.members.get_or_create(&StateLabels { state }).set(n);
         }
         // Targets whose backlog emptied stay listed with 0.
-        let backlog = blocking(|| self.engine.hint_backlog()).unwrap_or_default();
+        let backlog = self.engine.hint_backlog();
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -620,8 +620,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
         {
             return true;
         }
-        let holds_hints =
-            blocking(|| self.engine.hints(peer, None, 1)).is_ok_and(|h| !h.is_empty());
+        let holds_hints = self.engine.holds_hints(peer);
         let mut holds = self.hint_holds.lock().unwrap_or_else(|e| e.into_inner());
         if !holds_hints {
             holds.remove(peer);

@@ -153,7 +153,7 @@ impl Cluster {
             let no_hints = self
                 .up()
                 .iter()
-                .all(|&i| self.node(i).hint_backlog().unwrap().is_empty());
+                .all(|&i| self.node(i).hint_backlog().is_empty());
             if idle && all_live && no_hints {
                 return;
             }
@@ -162,7 +162,7 @@ impl Cluster {
         let backlog: Vec<_> = self
             .up()
             .iter()
-            .map(|&i| self.node(i).hint_backlog().unwrap())
+            .map(|&i| self.node(i).hint_backlog())
             .collect();
         panic!("cluster did not settle in 120 s of virtual time; backlogs {backlog:?}");
     }
