@@ -319,3 +319,83 @@ async fn a_pause_holds_a_refill_between_batches() {
     );
     eventually(LIMIT, || wiped_holds(&cluster)).await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn records_pushed_into_a_partition_busy_with_another_peer_are_merged_then_refused() {
+    use bytes::Bytes;
+    use shoal_node::Transport;
+    use shoal_node::request::message::{
+        PeerRequest, PeerResponse, RequestId, decode_response, encode_request,
+    };
+
+    let cluster = Cluster::new(26);
+    cluster.settle().await;
+    let target = 0;
+    let skey = shoal_node::storage_key(KEYSPACE, b"pushed").unwrap();
+    let (partition, _) = cluster.primaries(b"pushed");
+    // Two peers the node does not know: their exchanges claim partitions all the same.
+    let peer = |name: &str, port: u16| shoal_node::Peer {
+        id: shoal_node::NodeId::new(name).unwrap(),
+        addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+    };
+    let (holder, _holder_inbox) = cluster.net.add_node(peer("holder", 21_000));
+    let (pusher, _pusher_inbox) = cluster.net.add_node(peer("pusher", 21_001));
+    let call = |from: &shoal_node::MemoryTransport, request: PeerRequest| {
+        let from = from.clone();
+        let to = cluster.peer(target).clone();
+        async move {
+            let bytes = from
+                .rpc(&to, Bytes::from(encode_request(&request).unwrap()), TIMEOUT)
+                .await
+                .unwrap();
+            decode_response(&bytes).unwrap()
+        }
+    };
+    // The holder's exchange asks for the root's children: the partition is its for a while.
+    let answer = call(
+        &holder,
+        PeerRequest::AeHashes {
+            id: RequestId(1),
+            partition,
+            level: 0,
+            nodes: vec![0],
+        },
+    )
+    .await;
+    assert!(matches!(answer, PeerResponse::Hashes(_)), "{answer:?}");
+    // A push from another peer meanwhile: refused, but its records are not thrown away.
+    let mut value = shoal_storage::Value::empty(shoal_storage::Kind::Set);
+    value
+        .apply(
+            shoal_storage::Actor { node: 9, epoch: 1 },
+            &add("from-the-pusher"),
+        )
+        .unwrap();
+    let record = shoal_storage::Record::encode(&value).unwrap();
+    let answer = call(
+        &pusher,
+        PeerRequest::AePush {
+            id: RequestId(2),
+            partition,
+            records: vec![(skey, record.as_bytes().to_vec())],
+        },
+    )
+    .await;
+    assert!(matches!(answer, PeerResponse::Busy), "{answer:?}");
+    assert!(
+        cluster.local_view(target, b"pushed").is_some(),
+        "the refused push's records were merged"
+    );
+    // Another step of the pusher's is refused before it does anything.
+    let answer = call(
+        &pusher,
+        PeerRequest::AeHashes {
+            id: RequestId(3),
+            partition,
+            level: 0,
+            nodes: vec![0],
+        },
+    )
+    .await;
+    assert!(matches!(answer, PeerResponse::Busy), "{answer:?}");
+}

@@ -4,8 +4,8 @@
 //! 2. the cost of the Merkle update per write;
 //! 3. reopen time (including the Merkle rebuild) with many keys;
 //! 4. a replica refill: register records merged into an empty engine in anti-entropy's
-//!    batches (one partition, leaf order, 256 records), next to raw synced RocksDB batch
-//!    writes of the same keys and bytes.
+//!    refill batches (one partition, leaf order, 4096 records), next to raw synced RocksDB
+//!    batch writes of the same keys and bytes.
 //!
 //! `cargo bench -p shoal-storage --bench storage` (defaults), or with arguments:
 //! `-- --threads 8 --updates 20000 --keys 1000000 --rounds 3 --refill 200000`.
@@ -232,10 +232,11 @@ fn refill_records(n: usize) -> Vec<(u32, Vec<u8>, Record)> {
     items.into_iter().map(|(p, _, k, r)| (p, k, r)).collect()
 }
 
-/// Refill of an empty replica: the engine's `merge_many` in batches of 256 records of one
-/// partition, next to raw synced RocksDB batches of the same keys and bytes, per round.
+/// Refill of an empty replica: the engine's `merge_many` in batches of 4096 records of one
+/// partition (anti-entropy's `TRANSFER_RECORDS`), next to raw synced RocksDB batches of the
+/// same keys and bytes, per round.
 fn refill(a: &Args) {
-    const BATCH: usize = 256;
+    const BATCH: usize = 4096;
     let items = refill_records(a.refill);
     let batches: Vec<&[(u32, Vec<u8>, Record)]> = items
         .chunk_by(|x, y| x.0 == y.0)

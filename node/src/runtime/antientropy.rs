@@ -209,7 +209,7 @@ async fn round<T: Transport, S: Store>(
             while running.len() < PARALLEL_EXCHANGES
                 && let Some((p, mine, theirs)) = queue.next()
             {
-                if !shared.ae_claim(p, peer.as_str(), false) {
+                if !shared.ae_claim(p, peer.as_str(), false, false) {
                     // Being repaired with another peer right now: a later round compares it.
                     incomplete.insert(p);
                     waited = true;
@@ -395,7 +395,11 @@ async fn exchange<T: Transport, S: Store>(
             pacer.take(shared, STEP_KEYS, 0).await;
         }
         let id = shared.next_request_id();
-        if step && !shared.ae_claim(partition, peer.as_str(), false) {
+        let moving = matches!(
+            effect,
+            AeEffect::PushLeaves { .. } | AeEffect::FetchLeaves { .. } | AeEffect::Repair { .. }
+        );
+        if step && !shared.ae_claim(partition, peer.as_str(), false, moving) {
             x.handle_error(BUSY.into());
             continue;
         }
@@ -582,6 +586,7 @@ async fn push_records<T: Transport, S: Store>(
         }
         let rest = records.split_off(take);
         pacer.take(shared, records.len(), bytes).await;
+        renew_claim(shared, partition, peer)?;
         let request = PeerRequest::AePush {
             id: shared.next_request_id(),
             partition,
@@ -632,6 +637,22 @@ async fn push_leaves<T: Transport, S: Store>(
     }
 }
 
+/// Renews this node's claim of `partition` for its exchange with `peer` before a batch of a
+/// transfer: one step of an exchange (a whole-leaf transfer) can be many batches and outlast
+/// the claim, and another exchange of the partition with this node would then move the same
+/// records a second time. An error (`Busy`) if another exchange took it meanwhile.
+fn renew_claim<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    partition: u32,
+    peer: &MemberId,
+) -> Result<(), String> {
+    if shared.ae_claim(partition, peer.as_str(), false, true) {
+        Ok(())
+    } else {
+        Err(BUSY.to_owned())
+    }
+}
+
 /// Fetches every record of `leaves` from the peer (this node has none of them) and merges
 /// them, in batches; returns the records merged and the bytes received.
 async fn fetch_leaves<T: Transport, S: Store>(
@@ -645,6 +666,7 @@ async fn fetch_leaves<T: Transport, S: Store>(
     let timeout = shared.config.background_timeout;
     let (mut keys, mut received) = (0u64, 0u64);
     loop {
+        renew_claim(shared, partition, peer)?;
         let request = PeerRequest::AeFetchLeaves {
             id: shared.next_request_id(),
             partition,

@@ -72,9 +72,20 @@ async fn serve<T: Transport, S: Store>(
     request: PeerRequest,
 ) -> Result<PeerResponse, String> {
     let id = request.id();
-    if let Some(partition) = exchange_partition(&request)
-        && !shared.ae_claim(partition, from.as_str(), true)
-    {
+    // A step of an exchange while another exchange holds its partition here is answered
+    // `Busy`, and its sender stops. Records pushed with it have already crossed the network
+    // (a refill's batch is up to 800 KB): they are merged all the same (a merge is always
+    // safe), and only then is the answer `Busy`, so their bytes are not sent twice.
+    let claimed = exchange_partition(&request).is_none_or(|partition| {
+        let moving = matches!(
+            request,
+            PeerRequest::AeFetch { .. }
+                | PeerRequest::AeFetchLeaves { .. }
+                | PeerRequest::AePush { .. }
+        );
+        shared.ae_claim(partition, from.as_str(), true, moving)
+    });
+    if !claimed && !matches!(request, PeerRequest::AePush { .. }) {
         return Ok(PeerResponse::Busy);
     }
     match request {
@@ -282,7 +293,15 @@ async fn serve<T: Transport, S: Store>(
                 .filter(|r| r.as_ref().is_ok_and(|w| w.changed))
                 .count();
             shared.metrics.ae_merged(repaired as u64);
-            Ok(PeerResponse::Stored)
+            // Renewed once merged too: merging a large batch on a busy node takes a while,
+            // and the pusher's next batch is due only after this answer.
+            Ok(
+                if claimed && shared.ae_claim(partition, from.as_str(), true, true) {
+                    PeerResponse::Stored
+                } else {
+                    PeerResponse::Busy
+                },
+            )
         }
         PeerRequest::PullCluster { .. } => shared
             .view()

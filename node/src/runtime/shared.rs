@@ -40,6 +40,8 @@ struct AeClaim {
     peer: String,
     /// Whether that replica started the exchange (this node serves it).
     started_by_peer: bool,
+    /// Whether the exchange has begun moving records (a transfer or repair step).
+    moving: bool,
     /// Until when, on [`Shared::now`]'s clock.
     until: Duration,
 }
@@ -47,8 +49,14 @@ struct AeClaim {
 impl AeClaim {
     /// Whether this claim, held on node `local`, keeps out the exchange with `peer` (started
     /// by `peer` when `started_by_peer`) at `now`: while it lasts, yes for another peer; for
-    /// the same peer's exchange in the other direction, yes when this claim's exchange was
-    /// started by the smaller node id.
+    /// the same peer's exchange in the other direction, yes once this claim's exchange moves
+    /// records, and before that when it was started by the smaller node id.
+    ///
+    /// Two replicas that start exchanges of a partition with each other at once would move
+    /// the same records; the smaller id's goes on. But an exchange already moving records is
+    /// never overtaken: taking over then let the other direction send the same records while
+    /// the first transfer was still being merged (a wiped replica fetching a partition while
+    /// its peer pushed it), which was a third of the records moved in a refill.
     fn blocks(&self, local: &str, peer: &str, started_by_peer: bool, now: Duration) -> bool {
         if self.until <= now {
             return false;
@@ -58,7 +66,7 @@ impl AeClaim {
         }
         let starter = |by_peer: bool| if by_peer { peer } else { local };
         self.started_by_peer != started_by_peer
-            && starter(self.started_by_peer) < starter(started_by_peer)
+            && (self.moving || starter(self.started_by_peer) < starter(started_by_peer))
     }
 }
 
@@ -545,12 +553,29 @@ impl<T: Transport, S: Store> Shared<T, S> {
     /// receives each missing key once, however many peers have it. When two replicas start
     /// exchanges of a partition with each other at once, the one started by the smaller node
     /// id goes on and the other stops at its next step: each would send the same keys.
-    pub(crate) fn ae_claim(&self, partition: u32, peer: &str, started_by_peer: bool) -> bool {
+    ///
+    /// `moving` says that this step moves records (a transfer or repair, as opposed to a hash
+    /// or key-list comparison); from then on the claim is not overtaken (see
+    /// [`AeClaim::blocks`]).
+    pub(crate) fn ae_claim(
+        &self,
+        partition: u32,
+        peer: &str,
+        started_by_peer: bool,
+        moving: bool,
+    ) -> bool {
         let now = self.now();
         let mut claims = self.ae_claims.lock().unwrap_or_else(|e| e.into_inner());
         match claims.get(&partition) {
             Some(held) if held.blocks(self.local.as_str(), peer, started_by_peer, now) => false,
-            _ => {
+            held => {
+                let moving = moving
+                    || held.is_some_and(|h| {
+                        h.until > now
+                            && h.peer == peer
+                            && h.started_by_peer == started_by_peer
+                            && h.moving
+                    });
                 // Ended claims are dropped now and then, so the map stays at most the live ones
                 // plus the ring's partitions.
                 if claims.len() >= 4096 {
@@ -561,6 +586,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
                     AeClaim {
                         peer: peer.to_owned(),
                         started_by_peer,
+                        moving,
                         until: now + AE_CLAIM,
                     },
                 );
@@ -888,6 +914,7 @@ mod tests {
         AeClaim {
             peer: peer.into(),
             started_by_peer,
+            moving: false,
             until: Duration::from_secs(10),
         }
     }
@@ -917,5 +944,22 @@ mod tests {
         // On n1: n1 started, n3's exchange arrives and is kept out; n1's own steps go on.
         assert!(claim("n3", false).blocks("n1", "n3", true, now));
         assert!(!claim("n3", false).blocks("n1", "n3", false, now));
+    }
+
+    #[test]
+    fn an_exchange_moving_records_is_not_overtaken() {
+        let now = Duration::ZERO;
+        let moving = |peer: &str, started_by_peer: bool| AeClaim {
+            moving: true,
+            ..claim(peer, started_by_peer)
+        };
+        // On n3: n3 fetches records from n1 when n1's exchange arrives: n1 is kept out,
+        // smaller id or not, and n3's own steps go on.
+        assert!(moving("n1", false).blocks("n3", "n1", true, now));
+        assert!(!moving("n1", false).blocks("n3", "n1", false, now));
+        // On n1: n3's transfer is being served when n1 starts its own exchange.
+        assert!(moving("n3", true).blocks("n1", "n3", false, now));
+        // Until it ends.
+        assert!(!moving("n3", true).blocks("n1", "n3", false, Duration::from_secs(10)));
     }
 }
