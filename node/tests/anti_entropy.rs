@@ -351,17 +351,14 @@ async fn records_pushed_into_a_partition_busy_with_another_peer_are_merged_then_
             decode_response(&bytes).unwrap()
         }
     };
+    let root_children = |id| PeerRequest::AeHashes {
+        id: RequestId(id),
+        partition,
+        level: 0,
+        nodes: vec![0],
+    };
     // The holder's exchange asks for the root's children: the partition is its for a while.
-    let answer = call(
-        &holder,
-        PeerRequest::AeHashes {
-            id: RequestId(1),
-            partition,
-            level: 0,
-            nodes: vec![0],
-        },
-    )
-    .await;
+    let answer = call(&holder, root_children(1)).await;
     assert!(matches!(answer, PeerResponse::Hashes(_)), "{answer:?}");
     // A push from another peer meanwhile: refused, but its records are not thrown away.
     let mut value = shoal_storage::Value::empty(shoal_storage::Kind::Set);
@@ -387,15 +384,6 @@ async fn records_pushed_into_a_partition_busy_with_another_peer_are_merged_then_
         "the refused push's records were merged"
     );
     // Another step of the pusher's is refused before it does anything.
-    let answer = call(
-        &pusher,
-        PeerRequest::AeHashes {
-            id: RequestId(3),
-            partition,
-            level: 0,
-            nodes: vec![0],
-        },
-    )
-    .await;
+    let answer = call(&pusher, root_children(3)).await;
     assert!(matches!(answer, PeerResponse::Busy), "{answer:?}");
 }
