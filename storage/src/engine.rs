@@ -736,22 +736,17 @@ impl<S: Store> Engine<S> {
             let data_keys: Vec<Vec<u8>> = corrupt.iter().map(|(p, k)| data_key(*p, k)).collect();
             let _guards = self.lock_stripes(data_keys.iter().map(|dk| dk.as_slice()));
             // Still corrupt under the lock (a put may have replaced one since the scan).
-            let (mut batch, mut changes) = (Vec::new(), Vec::new());
+            let mut deletes = Vec::new();
             for (partition, key) in corrupt {
                 let hk = hint_key(target, partition, &key)?;
                 if let Some(raw) = self.store.get(Column::Hints, &hk)?
                     && split_hint(&raw).is_err()
                 {
-                    changes.push(HintChange::delete(&hk, &raw));
-                    batch.push(BatchOp::Delete(Column::Hints, hk));
+                    let change = HintChange::delete(&hk, &raw);
+                    deletes.push((hk, change));
                 }
             }
-            if !batch.is_empty() {
-                self.store.write(batch)?;
-            }
-            for change in changes {
-                self.backlogs.apply(change);
-            }
+            self.delete_hints(deletes)?;
         }
         Ok(hints)
     }
