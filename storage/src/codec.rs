@@ -38,12 +38,7 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StorageError> {
     let (value, used) = bincode::serde::decode_from_slice(bytes, decode_config())
         .map_err(|e| StorageError::Malformed(e.to_string()))?;
-    if used != bytes.len() {
-        return Err(StorageError::Malformed(format!(
-            "{} trailing bytes",
-            bytes.len() - used
-        )));
-    }
+    all_used(used, bytes.len())?;
     Ok(value)
 }
 
@@ -67,16 +62,31 @@ pub fn encode_value(value: &Value) -> Result<Vec<u8>, StorageError> {
 }
 
 /// Checks that `bytes` decode as a value of `kind`, as [`decode_value`] would, without building
-/// the `crdts` value: they are read as the mirror type, whose byte strings are copied whole
-/// where the `crdts` types take them a byte at a time. (A replica refill validates every record
-/// it lacks this way and stores it as it came.)
+/// anything: they are read through the [`check`] layouts, which drop every element as soon as
+/// it is read and borrow byte strings from the input, so a check allocates nothing. (A replica
+/// refill validates every record it lacks this way and stores it as it came.)
 pub fn validate_value(kind: Kind, bytes: &[u8]) -> Result<(), StorageError> {
-    match kind {
-        Kind::Counter => decode::<Counter>(bytes).map(drop),
-        Kind::Set => decode::<SetM>(bytes).map(drop),
-        Kind::Register => decode::<RegisterM>(bytes).map(drop),
-        Kind::Map => decode::<MapM>(bytes).map(drop),
+    fn read_all<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<(), StorageError> {
+        let (_, used) = bincode::serde::borrow_decode_from_slice::<T, _>(bytes, decode_config())
+            .map_err(|e| StorageError::Malformed(e.to_string()))?;
+        all_used(used, bytes.len())
     }
+    match kind {
+        Kind::Counter => read_all::<check::Counter>(bytes),
+        Kind::Set => read_all::<check::Set>(bytes),
+        Kind::Register => read_all::<check::Register>(bytes),
+        Kind::Map => read_all::<check::Map>(bytes),
+    }
+}
+
+fn all_used(used: usize, len: usize) -> Result<(), StorageError> {
+    if used != len {
+        return Err(StorageError::Malformed(format!(
+            "{} trailing bytes",
+            len - used
+        )));
+    }
+    Ok(())
 }
 
 /// Decodes a value's CRDT state of a known kind.
@@ -145,6 +155,114 @@ impl MapM {
     }
 }
 
+/// The layouts of the stored values for [`validate_value`]: the same bytes as the `crdts` types
+/// (and the mirror types above) read, with every sequence and map read element by element and
+/// dropped, and byte strings borrowed. bincode reads a byte string as its length and that many
+/// bytes whether it is taken as bytes or as a sequence of `u8`, so both accept the same input.
+mod check {
+    use std::marker::PhantomData;
+
+    use serde::Deserialize;
+    use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
+
+    use crate::value::Actor;
+
+    /// A sequence, read and dropped.
+    pub(super) struct Seq<T>(PhantomData<T>);
+    /// A map, read and dropped.
+    pub(super) struct Entries<K, V>(PhantomData<(K, V)>);
+    /// A byte string, borrowed and dropped.
+    pub(super) struct Bytes;
+
+    impl<'de, T: Deserialize<'de>> Deserialize<'de> for Seq<T> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V<T>(PhantomData<T>);
+            impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+                type Value = Seq<T>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a sequence")
+                }
+                fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Seq<T>, A::Error> {
+                    while seq.next_element::<T>()?.is_some() {}
+                    Ok(Seq(PhantomData))
+                }
+            }
+            d.deserialize_seq(V(PhantomData))
+        }
+    }
+
+    impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for Entries<K, V> {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Vis<K, V>(PhantomData<(K, V)>);
+            impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Visitor<'de> for Vis<K, V> {
+                type Value = Entries<K, V>;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                    while map.next_entry::<K, V>()?.is_some() {}
+                    Ok(Entries(PhantomData))
+                }
+            }
+            d.deserialize_map(Vis(PhantomData))
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Bytes {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Bytes;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a byte string")
+                }
+                fn visit_borrowed_bytes<E>(self, _: &'de [u8]) -> Result<Bytes, E> {
+                    Ok(Bytes)
+                }
+                fn visit_bytes<E>(self, _: &[u8]) -> Result<Bytes, E> {
+                    Ok(Bytes)
+                }
+            }
+            d.deserialize_bytes(V)
+        }
+    }
+
+    /// `VClock` (and `GCounter`, a struct around one).
+    type Clock = Entries<Actor, u64>;
+
+    /// `PNCounter`: two `GCounter`s.
+    #[derive(Deserialize)]
+    struct PnCounter(#[allow(dead_code)] Clock, #[allow(dead_code)] Clock);
+
+    /// [`Counter`](crate::value::Counter): total and deleted.
+    #[derive(Deserialize)]
+    pub(super) struct Counter(#[allow(dead_code)] PnCounter, #[allow(dead_code)] PnCounter);
+
+    /// `Orswot`: clock, entries, deferred removes.
+    #[derive(Deserialize)]
+    pub(super) struct Set(
+        #[allow(dead_code)] Clock,
+        #[allow(dead_code)] Entries<Bytes, Clock>,
+        #[allow(dead_code)] Entries<Clock, Seq<Bytes>>,
+    );
+
+    /// `MVReg` of optional byte strings.
+    #[derive(Deserialize)]
+    pub(super) struct Register(#[allow(dead_code)] Seq<(Clock, Option<Bytes>)>);
+
+    /// `Field`: counter, set, register.
+    #[derive(Deserialize)]
+    struct Field(
+        #[allow(dead_code)] Counter,
+        #[allow(dead_code)] Set,
+        #[allow(dead_code)] Register,
+    );
+
+    /// `Map`: field names to fields.
+    #[derive(Deserialize)]
+    pub(super) struct Map(#[allow(dead_code)] Entries<Bytes, Field>);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,9 +320,50 @@ mod tests {
             },
             map_register(),
         ];
-        for update in &updates {
-            let kind = update.kind().unwrap();
-            let mut bytes = encode_value(&applied(a, update)).unwrap();
+        let mut values: Vec<Value> = updates.iter().map(|u| applied(a, u)).collect();
+        // States with several actors, removes and deletes: every container non-empty.
+        let b = actor(2);
+        let set = |op| Update::Set(op);
+        for (first, then) in [
+            (
+                Update::CounterAdd(5),
+                vec![Update::CounterAdd(-2), Update::Delete],
+            ),
+            (
+                set(SetOp::Add(vec![b"x".to_vec(), b"y".to_vec()])),
+                vec![
+                    set(SetOp::Remove(vec![b"x".to_vec()])),
+                    set(SetOp::Add(vec![b"z".to_vec()])),
+                ],
+            ),
+            (
+                Update::Map(MapOp::Counter {
+                    field: b"c".to_vec(),
+                    delta: 3,
+                }),
+                vec![
+                    map_register(),
+                    Update::Map(MapOp::Set {
+                        field: b"s".to_vec(),
+                        op: SetOp::Add(vec![b"m".to_vec()]),
+                    }),
+                    Update::Map(MapOp::Remove {
+                        field: b"c".to_vec(),
+                    }),
+                ],
+            ),
+        ] {
+            let mut left = applied(a, &first);
+            let mut right = applied(b, &first);
+            for update in &then {
+                right.apply(b, update).unwrap();
+            }
+            left.merge(right).unwrap();
+            values.push(left);
+        }
+        for value in &values {
+            let kind = value.kind();
+            let mut bytes = encode_value(value).unwrap();
             assert!(validate_value(kind, &bytes).is_ok());
             // Every truncation, a trailing byte, and every single-byte change.
             let mut damaged: Vec<Vec<u8>> = (0..bytes.len()).map(|n| bytes[..n].to_vec()).collect();

@@ -82,6 +82,11 @@ pub struct Backlog {
     pub oldest_ms: Option<u64>,
 }
 
+/// Changed keys in one [`Engine::merge_many`] batch from which it writes them with
+/// [`Store::bulk_put`] (a table file ingested into RocksDB, whose fixed cost of a few
+/// milliseconds this many keys repay) rather than through the WAL.
+pub const BULK_PUT_RECORDS: usize = 1024;
+
 /// About how many bytes of records one batch read for another node holds ([`Engine::hints`],
 /// [`Engine::leaf_records`]): past the first record, a batch ends once it holds this many, so
 /// a batch of large values still fits one message (at most 1 MiB per value, 4 MiB per frame).
@@ -283,7 +288,9 @@ impl<S: Store> Engine<S> {
     /// This is the path of a replica refill, so it does per key only what a merge needs: a key
     /// this replica lacks keeps the incoming record as it came (its payload is validated, not
     /// decoded into the CRDT type, and payloads are canonical, so encoding it again would give
-    /// the same bytes), and the Merkle tree of a partition is locked once per batch.
+    /// the same bytes); a key under a Merkle leaf that holds no key is not even read; a batch
+    /// of at least [`BULK_PUT_RECORDS`] changes is one [`Store::bulk_put`]; and the Merkle tree
+    /// of a partition is locked once per batch.
     pub fn merge_many(
         &self,
         items: &[(Partition, Vec<u8>, Record)],
@@ -296,15 +303,27 @@ impl<S: Store> Engine<S> {
         let mut pending: HashMap<&[u8], Pending<'_>, Xxh3DefaultBuilder> =
             HashMap::with_capacity_and_hasher(items.len(), Xxh3DefaultBuilder::new());
         let malformed = |e: crate::error::Corruption| StorageError::Malformed(e.to_string());
+        // Leaves (by data-key prefix) whose tree entry is 0: no key at all, not even a corrupt
+        // record, is stored under them (up to a 128-bit collision, as for every tree
+        // comparison). The stripes held cover whole leaves, so that stays true for the batch
+        // and a key there needs no read: a refill of a wiped replica reads nothing.
+        let mut empty_leaves: HashMap<&[u8], bool, Xxh3DefaultBuilder> =
+            HashMap::with_hasher(Xxh3DefaultBuilder::new());
         for ((partition, key, incoming), dk) in items.iter().zip(&keys) {
             let result = (|| -> Result<Merged, StorageError> {
                 check_len(Limit::Key, key.len())?;
+                let leaf = &dk[..DATA_PREFIX_LEN];
+                let empty_leaf = *empty_leaves.entry(leaf).or_insert_with(|| {
+                    let index = u16::from_be_bytes([leaf[4], leaf[5]]) as usize;
+                    self.tree(*partition).lock().level(merkle::DEPTH)[index] == 0
+                });
                 let (old_hash, local, repaired) = match pending.get(dk.as_slice()) {
                     Some(p) => (
                         p.old_hash,
                         Some(p.record.decode().map_err(malformed)?),
                         p.repaired,
                     ),
+                    None if empty_leaf => (None, None, false),
                     None => {
                         let raw = self.store.get(Column::Data, dk)?;
                         let old_hash = raw.as_deref().map(stored_hash);
@@ -345,21 +364,22 @@ impl<S: Store> Engine<S> {
         // (partition, key, old hash, new hash, replaced a corrupt record)
         type Change<'k> = (Partition, &'k [u8], Option<ValueHash>, ValueHash, bool);
         let mut changed: Vec<Change<'_>> = Vec::with_capacity(pending.len());
-        let mut batch = Vec::with_capacity(pending.len());
+        let mut puts = Vec::with_capacity(pending.len());
         for (dk, p) in pending {
             let hash = p.record.hash();
             if p.old_hash == Some(hash) {
                 continue;
             }
             changed.push((p.partition, p.key, p.old_hash, hash, p.repaired));
-            batch.push(BatchOp::Put(
-                Column::Data,
-                dk.to_vec(),
-                p.record.into_bytes(),
-            ));
+            puts.push((dk.to_vec(), p.record.into_bytes()));
         }
-        if !batch.is_empty() {
-            self.store.write(batch)?;
+        // Enough records to pay for a table file (a refill) go in one bulk put, fewer in one
+        // batch; both are atomic, so the tree below follows the store either way.
+        if puts.len() >= BULK_PUT_RECORDS {
+            puts.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            self.store.bulk_put(Column::Data, puts)?;
+        } else if !puts.is_empty() {
+            self.store.write(crate::store::puts(Column::Data, puts))?;
         }
         changed.sort_unstable_by_key(|c| c.0);
         for partition in changed.chunk_by(|a, b| a.0 == b.0) {

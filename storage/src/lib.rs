@@ -29,7 +29,9 @@ pub mod store;
 pub mod value;
 pub mod wire;
 
-pub use engine::{BATCH_BYTES, Backlog, Engine, Hint, Merged, Partition, RawRecord, Written};
+pub use engine::{
+    BATCH_BYTES, BULK_PUT_RECORDS, Backlog, Engine, Hint, Merged, Partition, RawRecord, Written,
+};
 pub use error::{Corruption, Limit, StorageError};
 pub use merkle::{MerkleTree, NodeHash};
 pub use record::{Record, ValueHash};

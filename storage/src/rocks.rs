@@ -1,4 +1,5 @@
-//! The RocksDB backend: one column family per [`Column`], every write synced to the WAL.
+//! The RocksDB backend: one column family per [`Column`], every write durable when it returns
+//! (synced to the WAL, or a table file ingested: see "Bulk puts").
 //!
 //! Concurrent synced writes from several threads share one fsync through RocksDB's write group
 //! (group commit), so durability costs one fsync per group, not per update.
@@ -14,14 +15,25 @@
 //! [`COMPACT_AFTER_DELETES`] deletions in a column, the store compacts that column on a
 //! thread of its own (one at a time per column), which flushes its memtable and drops the
 //! tombstones.
+//!
+//! # Bulk puts
+//!
+//! A replica refill writes thousands of keys the replica lacks per batch. Through the WAL and
+//! memtable each key costs a skiplist insert, its share of a WAL write and sync, and later a
+//! flush and compactions that rewrite it. [`Store::bulk_put`] instead builds one sorted table
+//! file (in `ingest/` under the database directory) and ingests it: RocksDB links it into the
+//! lowest level whose files do not overlap it, so the records are written once, durably (the
+//! file and the manifest are synced), and never compacted for their own sake. An ingest whose
+//! key range overlaps the memtable would first have to flush it; rather than stall on that,
+//! the store writes such a batch through the WAL as usual.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use rocksdb::{
-    BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options, WriteBatch,
-    WriteOptions,
+    BlockBasedOptions, ColumnFamilyDescriptor, DB, Direction, IngestExternalFileOptions,
+    IteratorMode, Options, SstFileWriter, WriteBatch, WriteOptions,
 };
 
 use crate::error::StorageError;
@@ -37,6 +49,13 @@ pub struct RocksStore {
     deletes: [AtomicU64; Column::ALL.len()],
     /// Per column: a compaction is running.
     compacting: Arc<[AtomicBool; Column::ALL.len()]>,
+    /// The options every column family is opened with (table files for ingestion are built
+    /// with the same table format and filters).
+    column_options: Options,
+    /// Where table files are built before they are ingested.
+    ingest_dir: PathBuf,
+    /// Names the next table file.
+    ingest_seq: AtomicU64,
 }
 
 impl RocksStore {
@@ -56,11 +75,57 @@ impl RocksStore {
             .iter()
             .map(|c| ColumnFamilyDescriptor::new(c.name(), column.clone()));
         let db = DB::open_cf_descriptors(&options, path, families)?;
+        // Files left by a crash between building a table and ingesting it hold nothing that
+        // was acknowledged: they are dropped.
+        let ingest_dir = path.join("ingest");
+        let io =
+            |e: std::io::Error| StorageError::Backend(format!("{}: {e}", ingest_dir.display()));
+        if ingest_dir.exists() {
+            std::fs::remove_dir_all(&ingest_dir).map_err(io)?;
+        }
+        std::fs::create_dir_all(&ingest_dir).map_err(io)?;
         Ok(RocksStore {
             db: Arc::new(db),
             deletes: Default::default(),
             compacting: Default::default(),
+            column_options: column,
+            ingest_dir,
+            ingest_seq: AtomicU64::new(0),
         })
+    }
+
+    /// Builds a table file of `entries` and ingests it into `column`; `Ok(false)` if RocksDB
+    /// declined because the key range overlaps the memtable (nothing was written then).
+    fn ingest(&self, column: Column, entries: &[(Vec<u8>, Vec<u8>)]) -> Result<bool, StorageError> {
+        let path = self.ingest_dir.join(format!(
+            "{}.sst",
+            self.ingest_seq.fetch_add(1, Ordering::Relaxed)
+        ));
+        let result = (|| -> Result<bool, StorageError> {
+            let mut writer = SstFileWriter::create(&self.column_options);
+            writer.open(&path)?;
+            for (key, value) in entries {
+                writer.put(key, value)?;
+            }
+            writer.finish()?;
+            let mut options = IngestExternalFileOptions::default();
+            options.set_move_files(true);
+            options.set_allow_blocking_flush(false);
+            match self
+                .db
+                .ingest_external_file_cf_opts(self.cf(column), &options, vec![&path])
+            {
+                Ok(()) => Ok(true),
+                Err(e) if e.as_ref().contains("requires flush") => {
+                    tracing::debug!(error = %e, "bulk put not ingested, written instead");
+                    Ok(false)
+                }
+                Err(e) => Err(e.into()),
+            }
+        })();
+        // Moved into the database when ingested; otherwise (or on an error) dropped.
+        let _ = std::fs::remove_file(&path);
+        result
     }
 
     /// Counts `n` deletions in `column`, and starts a compaction of it on a thread of its own
@@ -142,6 +207,18 @@ impl Store for RocksStore {
         Ok(())
     }
 
+    fn bulk_put(
+        &self,
+        column: Column,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        debug_assert!(entries.windows(2).all(|w| w[0].0 < w[1].0));
+        if entries.is_empty() || self.ingest(column, &entries)? {
+            return Ok(());
+        }
+        self.write(crate::store::puts(column, entries))
+    }
+
     fn scan_prefix_from(
         &self,
         column: Column,
@@ -201,6 +278,90 @@ mod tests {
         (0..COMPACT_AFTER_DELETES)
             .map(|i| format!("hint-{i:08}").into_bytes())
             .collect()
+    }
+
+    fn entries(prefix: &str, n: usize) -> Vec<(Vec<u8>, Vec<u8>)> {
+        (0..n)
+            .map(|i| (format!("{prefix}-{i:06}").into_bytes(), vec![i as u8; 100]))
+            .collect()
+    }
+
+    fn memtable_entries(store: &RocksStore, column: Column) -> u64 {
+        property(store, column, "rocksdb.num-entries-active-mem-table")
+            + property(store, column, "rocksdb.num-entries-imm-mem-tables")
+    }
+
+    #[test]
+    fn a_bulk_put_is_ingested_as_a_table_file_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let put = entries("p1", 2000);
+        {
+            let store = RocksStore::open(dir.path()).unwrap();
+            // Another range in the memtable does not stand in the way.
+            store
+                .write(vec![BatchOp::Put(
+                    Column::Data,
+                    b"p0".to_vec(),
+                    b"x".to_vec(),
+                )])
+                .unwrap();
+            store.bulk_put(Column::Data, put.clone()).unwrap();
+            assert_eq!(
+                memtable_entries(&store, Column::Data),
+                1,
+                "not through the memtable"
+            );
+            assert!(property(&store, Column::Data, "rocksdb.total-sst-files-size") > 0);
+            for (key, value) in &put {
+                assert_eq!(store.get(Column::Data, key).unwrap().as_ref(), Some(value));
+            }
+            assert_eq!(std::fs::read_dir(&store.ingest_dir).unwrap().count(), 0);
+        }
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut scanned = Vec::new();
+        store
+            .scan_prefix(Column::Data, b"p1", &mut |k, v| {
+                scanned.push((k.to_vec(), v.to_vec()));
+                true
+            })
+            .unwrap();
+        assert_eq!(scanned, put);
+        assert_eq!(store.get(Column::Data, b"p0").unwrap(), Some(b"x".to_vec()));
+    }
+
+    #[test]
+    fn a_bulk_put_over_the_memtable_is_written_through_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        let mut put = entries("p1", 2000);
+        // A key inside the range, in the memtable: ingesting would need a flush first.
+        store
+            .write(vec![BatchOp::Put(
+                Column::Data,
+                put[7].0.clone(),
+                b"old".to_vec(),
+            )])
+            .unwrap();
+        put[7].1 = b"new".to_vec();
+        store.bulk_put(Column::Data, put.clone()).unwrap();
+        assert_eq!(memtable_entries(&store, Column::Data), 1 + 2000);
+        assert_eq!(
+            property(&store, Column::Data, "rocksdb.total-sst-files-size"),
+            0
+        );
+        for (key, value) in &put {
+            assert_eq!(store.get(Column::Data, key).unwrap().as_ref(), Some(value));
+        }
+        assert_eq!(std::fs::read_dir(&store.ingest_dir).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn table_files_left_by_a_crash_are_dropped_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(RocksStore::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join("ingest").join("7.sst"), b"half a table").unwrap();
+        let store = RocksStore::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(&store.ingest_dir).unwrap().count(), 0);
     }
 
     #[test]

@@ -46,6 +46,14 @@ pub enum BatchOp {
     Delete(Column, Vec<u8>),
 }
 
+/// Puts of `entries` into `column`, as one batch.
+pub(crate) fn puts(column: Column, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<BatchOp> {
+    entries
+        .into_iter()
+        .map(|(key, value)| BatchOp::Put(column, key, value))
+        .collect()
+}
+
 /// A key-value backend with column families.
 ///
 /// `write` is atomic, and in a durable implementation returns only once the batch is on stable
@@ -56,6 +64,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Applies a batch atomically and durably.
     fn write(&self, batch: Vec<BatchOp>) -> Result<(), StorageError>;
+
+    /// Puts many keys of one column atomically and durably, as `write` would, for a large
+    /// batch (a replica refill). `entries` are in key order without duplicates. RocksDB ingests
+    /// a table file instead of writing through the WAL (see [`RocksStore`](crate::RocksStore));
+    /// the default is one `write`.
+    fn bulk_put(
+        &self,
+        column: Column,
+        entries: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), StorageError> {
+        self.write(puts(column, entries))
+    }
 
     /// Visits the keys starting with `prefix` in order until `visit` returns false.
     fn scan_prefix(

@@ -1,6 +1,7 @@
-//! Crash test in a real child process: the child applies updates from several threads and
-//! reports each one after it is persisted; the parent kills it with SIGKILL at a random moment
-//! and checks, on reopen, that every reported update is there.
+//! Crash test in a real child process: the child applies updates from several threads, and
+//! merges refill batches large enough to be ingested as table files from another, and reports
+//! each one after it is persisted; the parent kills it with SIGKILL at a random moment and
+//! checks, on reopen, that every reported update and batch is there.
 //!
 //! The child is this same test binary, re-run with `SHOAL_CRASH_CHILD` naming the data
 //! directory; it runs only the `crash_child` test, which does nothing otherwise.
@@ -12,13 +13,42 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use shoal_storage::{Engine, RocksStore, SetOp, Update, View};
+use shoal_storage::{Actor, Engine, Kind, Record, RocksStore, SetOp, Update, Value, View};
 
 const CHILD_ENV: &str = "SHOAL_CRASH_CHILD";
 const THREADS: usize = 4;
 /// Upper bound on the child's work, so it stops by itself even if never killed.
 const CHILD_MAX_UPDATES: usize = 20_000;
 const CHILD_MAX_TIME: Duration = Duration::from_secs(120);
+/// Refill batches the child merges at most, each into a partition of its own from
+/// [`REFILL_PARTITION`] on, of [`REFILL_KEYS`] keys (enough for a bulk put).
+const REFILL_BATCHES: u32 = 200;
+const REFILL_PARTITION: u32 = 100;
+const REFILL_KEYS: u32 = 2 * shoal_storage::BULK_PUT_RECORDS as u32;
+
+/// The records of refill batch `batch`, as another replica would send them.
+fn refill_batch(batch: u32) -> Vec<(u32, Vec<u8>, Record)> {
+    (0..REFILL_KEYS)
+        .map(|i| {
+            let mut value = Value::empty(Kind::Register);
+            value
+                .apply(
+                    Actor { node: 2, epoch: 1 },
+                    &Update::RegisterPut {
+                        value: format!("{batch}-{i}").into_bytes(),
+                        context: None,
+                    },
+                )
+                .unwrap();
+            let key = format!("refill-{i}").into_bytes();
+            (
+                REFILL_PARTITION + batch,
+                key,
+                Record::encode(&value).unwrap(),
+            )
+        })
+        .collect()
+}
 
 #[test]
 fn crash_child() {
@@ -55,9 +85,24 @@ fn crash_child() {
             })
         })
         .collect();
+    let refill = {
+        let engine = engine.clone();
+        std::thread::spawn(move || {
+            for batch in 0..REFILL_BATCHES {
+                if start.elapsed() > CHILD_MAX_TIME {
+                    break;
+                }
+                for result in engine.merge_many(&refill_batch(batch)).unwrap() {
+                    result.unwrap();
+                }
+                println!("refill {batch}");
+            }
+        })
+    };
     for t in threads {
         t.join().unwrap();
     }
+    refill.join().unwrap();
 }
 
 #[test]
@@ -80,6 +125,7 @@ fn reported_updates_survive_sigkill() {
         let pid = child.id();
         let mut counters: BTreeMap<(String, u32), i128> = BTreeMap::new();
         let mut members: BTreeSet<String> = BTreeSet::new();
+        let mut refilled: Vec<u32> = Vec::new();
         let mut lines = 0;
         let stdout = BufReader::new(child.stdout.take().unwrap());
         for line in stdout.lines() {
@@ -94,6 +140,7 @@ fn reported_updates_survive_sigkill() {
                 ["set", member] => {
                     members.insert(member.to_string());
                 }
+                ["refill", batch] => refilled.push(batch.parse().unwrap()),
                 _ => continue, // the test harness's own lines
             }
             lines += 1;
@@ -157,5 +204,20 @@ fn reported_updates_survive_sigkill() {
             engine.merkle_tree(9),
             engine.rebuild_merkle_tree(9).unwrap()
         );
+        for &batch in &refilled {
+            for (partition, key, record) in refill_batch(batch) {
+                assert_eq!(
+                    engine.get_record(partition, &key).unwrap().as_ref(),
+                    Some(&record),
+                    "round {round}: refill batch {batch} lost {}",
+                    String::from_utf8_lossy(&key)
+                );
+            }
+            let partition = REFILL_PARTITION + batch;
+            assert_eq!(
+                engine.merkle_tree(partition),
+                engine.rebuild_merkle_tree(partition).unwrap()
+            );
+        }
     }
 }

@@ -510,6 +510,68 @@ fn undecodable_payloads_are_refused_by_merge<S: Store>(e: &Engine<S>) {
     assert_eq!(e.rebuild_merkle_tree(2).unwrap().root(), e.merkle_root(2));
 }
 
+/// A refill: another replica's records of whole leaves merged in one batch, into leaves this
+/// replica has keys under (merged with them) and into empty ones (stored as they came; in
+/// RocksDB a batch of new keys alone in its range is ingested as a table file).
+fn a_refill_batch_merges_into_held_and_empty_leaves<S: Store>(e: &Engine<S>) {
+    let source = Engine::open(MemoryStore::new(), "node-b").unwrap();
+    for (partition, n) in [(5u32, 3000u32), (6, 1500)] {
+        for i in 0..n {
+            source
+                .apply(partition, &i.to_be_bytes(), &set_add(&[&format!("b{i}")]))
+                .unwrap();
+        }
+    }
+    // This replica holds some of partition 5's keys with other members, and a key of its own.
+    for i in (0..3000u32).step_by(60) {
+        e.apply(5, &i.to_be_bytes(), &set_add(&[&format!("a{i}")]))
+            .unwrap();
+    }
+    e.apply(5, b"own", &set_add(&["own"])).unwrap();
+    let last = shoal_storage::merkle::LEAVES as u16 - 1;
+    for (partition, n) in [(5u32, 3000u32), (6, 1500)] {
+        let (records, next) = source.leaf_records(partition, 0, last, 4096).unwrap();
+        assert_eq!((records.len(), next), (n as usize, None));
+        let mut items: Vec<_> = records
+            .into_iter()
+            .map(|(k, raw)| (partition, k, Record::from_bytes(raw).unwrap()))
+            .collect();
+        items.push(items[3].clone());
+        // Every result is against the state before the batch: the key sent twice is new both
+        // times.
+        let results = e.merge_many(&items).unwrap();
+        assert_eq!(results.len(), n as usize + 1);
+        assert!(results.iter().all(|r| r.as_ref().unwrap().changed));
+        for i in 0..n {
+            let mut want = BTreeSet::from([format!("b{i}")]);
+            if partition == 5 && i % 60 == 0 {
+                want.insert(format!("a{i}"));
+            }
+            let value = e.get(partition, &i.to_be_bytes()).unwrap().unwrap();
+            assert_eq!(
+                members(value.view()),
+                want,
+                "key {i} of partition {partition}"
+            );
+        }
+        assert_eq!(
+            e.merkle_tree(partition),
+            e.rebuild_merkle_tree(partition).unwrap()
+        );
+        let again = e.merge_many(&items).unwrap();
+        assert!(again.iter().all(|r| !r.as_ref().unwrap().changed));
+    }
+    assert_eq!(
+        members(e.get(5, b"own").unwrap().unwrap().view()),
+        BTreeSet::from(["own".to_string()])
+    );
+    assert_eq!(
+        e.merkle_root(6),
+        source.merkle_root(6),
+        "partition 6 is a copy"
+    );
+}
+
 macro_rules! suite {
     ($($name:ident),* $(,)?) => {
         mod rocks {
@@ -538,6 +600,7 @@ suite!(
     stats_count_the_data,
     write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed,
     undecodable_payloads_are_refused_by_merge,
+    a_refill_batch_merges_into_held_and_empty_leaves,
 );
 
 #[test]
