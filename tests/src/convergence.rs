@@ -14,6 +14,9 @@
 //!   hint backlogs are 0 and digests equal.
 //! - **wipe**: n3 is killed, its data directory deleted, restarted; until digests are equal.
 //!
+//! Each row also says how many writes were attempted and acknowledged while n3 was cut off or
+//! dead, and how long they took ([`Writes`]).
+//!
 //! Bytes are counted twice: on the wire (the iptables counter: UDP payloads, so QUIC and TLS
 //! framing, acknowledgements and retransmissions included, less the idle rate), and as the
 //! nodes' own message bytes by kind (`shoal_peer_bytes_sent_total`, scraped from every node
@@ -162,6 +165,16 @@ struct Measured {
     /// UDP datagrams the namespace's kernel dropped for a full socket buffer.
     udp_drops: u64,
     timeline: Vec<(f64, f64)>,
+}
+
+/// The writes made while n3 was cut off or dead: how many were attempted, how many were
+/// acknowledged, and how long they took. A request whose coordinator is n3 waits out the
+/// client's deadline (5 s) and fails, and a write phase that long lets SWIM suspect n3, so
+/// its writes go by hint rather than by the coordinators' own `Replicate`s.
+struct Writes {
+    attempted: usize,
+    ok: usize,
+    seconds: f64,
 }
 
 /// The counters a run is measured against.
@@ -316,9 +329,12 @@ impl Bench<'_> {
         }
     }
 
-    fn report(&self, name: &str, d: usize, m: &Measured, full_copy: f64) -> Json {
+    fn report(&self, name: &str, d: usize, m: &Measured, full_copy: f64, w: &Writes) -> Json {
         let per_key = (self.key("x", 0).len() + self.settings.value_size) as f64;
-        let minimum = d as f64 * (per_key + 16.0);
+        // The keys that differ: those written while n3 was away (a write that failed reached no
+        // node: its coordinator was n3), or for the wipe all of them.
+        let differing = if w.attempted > 0 { w.ok } else { d };
+        let minimum = differing as f64 * (per_key + 16.0);
         let floor = m.detection + AE_INTERVAL.as_secs_f64() + minimum / self.bandwidth;
         let result = json!({
             "run": name,
@@ -337,6 +353,9 @@ impl Bench<'_> {
             "message_bytes_vs_minimum": round(m.by_kind.values().sum::<f64>() / minimum.max(1.0)),
             "message_bytes_by_kind": m.by_kind,
             "udp_buffer_drops": m.udp_drops,
+            "writes_attempted": w.attempted,
+            "writes_ok": w.ok,
+            "write_seconds": round(w.seconds),
         });
         progress(&result.to_string());
         let svg = plot(&format!("{name} (d = {d})"), &m.timeline);
@@ -605,13 +624,19 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         ns.exec(&[
             "iptables", "-w", "-A", "INPUT", "-p", "udp", "--sport", &n3_port, "-j", "DROP",
         ])?;
-        bench.put_many(&format!("a{d}"), d, 2).await;
+        let t = Instant::now();
+        let ok = bench.put_many(&format!("a{d}"), d, 2).await;
+        let writes = Writes {
+            attempted: d,
+            ok,
+            seconds: t.elapsed().as_secs_f64(),
+        };
         let full = bench.written as f64 * per_key;
         let before = bench.snapshot();
         let started = Instant::now();
         ns.heal();
         let m = bench.converge(started, before, hints_for_n3).await;
-        runs.push(bench.report("partition", d, &m, full));
+        runs.push(bench.report("partition", d, &m, full, &writes));
     }
 
     progress(&format!(
@@ -619,20 +644,27 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         settings.kill_secs
     ));
     bench.kill_n3();
-    let written_during = {
-        let until = Instant::now() + Duration::from_secs(settings.kill_secs);
-        let mut n = 0;
+    let writes = {
+        let t = Instant::now();
+        let until = t + Duration::from_secs(settings.kill_secs);
+        let (mut attempted, mut ok) = (0, 0);
         while Instant::now() < until {
-            n += bench.put_many(&format!("b{n}"), 50, 2).await;
+            ok += bench.put_many(&format!("b{attempted}"), 50, 2).await;
+            attempted += 50;
         }
-        n
+        Writes {
+            attempted,
+            ok,
+            seconds: t.elapsed().as_secs_f64(),
+        }
     };
+    let written_during = writes.ok;
     let full = bench.written as f64 * per_key;
     let before = bench.snapshot();
     let started = Instant::now();
     let _n3 = cluster.start_node("n3");
     let m = bench.converge(started, before, hints_for_n3).await;
-    runs.push(bench.report("kill", written_during, &m, full));
+    runs.push(bench.report("kill", written_during, &m, full, &writes));
 
     progress("wipe run: n3's data directory deleted");
     bench.kill_n3();
@@ -653,7 +685,12 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
             total.saturating_sub(restored as usize) as f64
         })
         .await;
-    runs.push(bench.report("wipe", total, &m, full));
+    let no_writes = Writes {
+        attempted: 0,
+        ok: 0,
+        seconds: 0.0,
+    };
+    runs.push(bench.report("wipe", total, &m, full, &no_writes));
 
     progress("foreground reads while anti-entropy repairs a wiped n3, running and paused in turn");
     bench.kill_n3();
