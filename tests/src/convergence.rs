@@ -14,8 +14,8 @@
 //!   hint backlogs are 0 and digests equal.
 //! - **wipe**: n3 is killed, its data directory deleted, restarted; until digests are equal.
 //!
-//! Each row also says how many writes were attempted and acknowledged while n3 was cut off or
-//! dead, and how long they took ([`Writes`]).
+//! The partition and kill rows also say how many writes were attempted and acknowledged while
+//! n3 was cut off or dead, and how long they took ([`Writes`]; null for the wipe).
 //!
 //! Bytes are counted twice: on the wire (the iptables counter: UDP payloads, so QUIC and TLS
 //! framing, acknowledgements and retransmissions included, less the idle rate), and as the
@@ -329,11 +329,19 @@ impl Bench<'_> {
         }
     }
 
-    fn report(&self, name: &str, d: usize, m: &Measured, full_copy: f64, w: &Writes) -> Json {
+    /// `writes`: those made while n3 was away (none for the wipe, which differs in every key).
+    fn report(
+        &self,
+        name: &str,
+        d: usize,
+        m: &Measured,
+        full_copy: f64,
+        writes: Option<&Writes>,
+    ) -> Json {
         let per_key = (self.key("x", 0).len() + self.settings.value_size) as f64;
         // The keys that differ: those written while n3 was away (a write that failed reached no
         // node: its coordinator was n3), or for the wipe all of them.
-        let differing = if w.attempted > 0 { w.ok } else { d };
+        let differing = writes.map_or(d, |w| w.ok);
         let minimum = differing as f64 * (per_key + 16.0);
         let floor = m.detection + AE_INTERVAL.as_secs_f64() + minimum / self.bandwidth;
         let result = json!({
@@ -353,9 +361,9 @@ impl Bench<'_> {
             "message_bytes_vs_minimum": round(m.by_kind.values().sum::<f64>() / minimum.max(1.0)),
             "message_bytes_by_kind": m.by_kind,
             "udp_buffer_drops": m.udp_drops,
-            "writes_attempted": w.attempted,
-            "writes_ok": w.ok,
-            "write_seconds": round(w.seconds),
+            "writes_attempted": writes.map(|w| w.attempted),
+            "writes_ok": writes.map(|w| w.ok),
+            "write_seconds": writes.map(|w| round(w.seconds)),
         });
         progress(&result.to_string());
         let svg = plot(&format!("{name} (d = {d})"), &m.timeline);
@@ -636,7 +644,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         let started = Instant::now();
         ns.heal();
         let m = bench.converge(started, before, hints_for_n3).await;
-        runs.push(bench.report("partition", d, &m, full, &writes));
+        runs.push(bench.report("partition", d, &m, full, Some(&writes)));
     }
 
     progress(&format!(
@@ -664,7 +672,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
     let started = Instant::now();
     let _n3 = cluster.start_node("n3");
     let m = bench.converge(started, before, hints_for_n3).await;
-    runs.push(bench.report("kill", written_during, &m, full, &writes));
+    runs.push(bench.report("kill", written_during, &m, full, Some(&writes)));
 
     progress("wipe run: n3's data directory deleted");
     bench.kill_n3();
@@ -685,12 +693,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
             total.saturating_sub(restored as usize) as f64
         })
         .await;
-    let no_writes = Writes {
-        attempted: 0,
-        ok: 0,
-        seconds: 0.0,
-    };
-    runs.push(bench.report("wipe", total, &m, full, &no_writes));
+    runs.push(bench.report("wipe", total, &m, full, None));
 
     progress("foreground reads while anti-entropy repairs a wiped n3, running and paused in turn");
     bench.kill_n3();
