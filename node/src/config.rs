@@ -62,10 +62,10 @@ pub struct FileConfig {
     /// Default none. `shoal dev-cluster` sets it to `DIR/<node-id>/pid`.
     pub pid_file: Option<PathBuf>,
     /// Keys per second anti-entropy compares or repairs at most on this node, while it serves
-    /// no clients (a quarter of a percent of it while it does). At least 1. Default 200 000.
+    /// no clients (an eighth of a percent of it while it does). At least 1. Default 400 000.
     pub anti_entropy_keys_per_sec: Option<u64>,
     /// Payload bytes per second anti-entropy moves at most on this node, while it serves no
-    /// clients (a quarter of a percent of it while it does). At least 1. Default 64 MiB.
+    /// clients (an eighth of a percent of it while it does). At least 1. Default 128 MiB.
     pub anti_entropy_bytes_per_sec: Option<u64>,
 }
 

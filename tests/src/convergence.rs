@@ -13,6 +13,7 @@
 //! - **kill**: n3 is killed for `kill_secs` while keys are written, then restarted; until
 //!   hint backlogs are 0 and digests equal.
 //! - **wipe**: n3 is killed, its data directory deleted, restarted; until digests are equal.
+//!   `wipes` times in a row, and the median of their times next to the floor is reported too.
 //!
 //! The partition and kill rows also say how many writes were attempted and acknowledged while
 //! n3 was cut off or dead, and how long they took ([`Writes`]; null for the wipe).
@@ -59,6 +60,9 @@ pub struct Settings {
     pub value_size: usize,
     /// How long n3 stays dead in the kill run.
     pub kill_secs: u64,
+    /// Wipe runs, one after another on the same cluster: one run's time spreads by about
+    /// ±20 % on a shared 2-core machine, so the results give their median too.
+    pub wipes: usize,
     /// Where results.json and the plots go.
     pub out: std::path::PathBuf,
 }
@@ -164,7 +168,21 @@ struct Measured {
     by_kind: BTreeMap<String, f64>,
     /// UDP datagrams the namespace's kernel dropped for a full socket buffer.
     udp_drops: u64,
+    /// (seconds since the fault ended, keys still to repair), one sample per poll.
     timeline: Vec<(f64, f64)>,
+}
+
+impl Measured {
+    /// When the repair began to show: the first sample with fewer keys still to repair than
+    /// the first one (null if none did before convergence). With `seconds`, it separates a
+    /// late start (waiting for a round, for detection) from a slow transfer.
+    fn first_progress(&self) -> Option<f64> {
+        let (_, first) = *self.timeline.first()?;
+        self.timeline
+            .iter()
+            .find(|(_, pending)| *pending < first)
+            .map(|(t, _)| *t)
+    }
 }
 
 /// The writes made while n3 was cut off or dead: how many were attempted, how many were
@@ -330,6 +348,7 @@ impl Bench<'_> {
     }
 
     /// `writes`: those made while n3 was away (none for the wipe, which differs in every key).
+    /// `repeat`: which of several runs of the same kind this is (the wipes), if any.
     fn report(
         &self,
         name: &str,
@@ -337,6 +356,7 @@ impl Bench<'_> {
         m: &Measured,
         full_copy: f64,
         writes: Option<&Writes>,
+        repeat: Option<usize>,
     ) -> Json {
         let per_key = (self.key("x", 0).len() + self.settings.value_size) as f64;
         // The keys that differ: those written while n3 was away (a write that failed reached no
@@ -351,6 +371,7 @@ impl Bench<'_> {
             "floor_seconds": round(floor),
             "time_vs_floor": round(m.seconds / floor),
             "detection_seconds": round(m.detection),
+            "first_progress_seconds": m.first_progress().map(round),
             "bytes": m.bytes.round(),
             "raw_bytes": m.raw_bytes.round(),
             "minimum_bytes": minimum.round(),
@@ -364,10 +385,15 @@ impl Bench<'_> {
             "writes_attempted": writes.map(|w| w.attempted),
             "writes_ok": writes.map(|w| w.ok),
             "write_seconds": writes.map(|w| round(w.seconds)),
+            "repeat": repeat,
         });
         progress(&result.to_string());
         let svg = plot(&format!("{name} (d = {d})"), &m.timeline);
-        let path = self.settings.out.join(format!("{name}-{d}.svg"));
+        let file = match repeat {
+            Some(k) => format!("{name}-{d}-{k}.svg"),
+            None => format!("{name}-{d}.svg"),
+        };
+        let path = self.settings.out.join(file);
         if let Err(e) = std::fs::write(&path, svg) {
             progress(&format!("plot not written to {}: {e}", path.display()));
         }
@@ -644,7 +670,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         let started = Instant::now();
         ns.heal();
         let m = bench.converge(started, before, hints_for_n3).await;
-        runs.push(bench.report("partition", d, &m, full, Some(&writes)));
+        runs.push(bench.report("partition", d, &m, full, Some(&writes), None));
     }
 
     progress(&format!(
@@ -670,34 +696,48 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
     let full = bench.written as f64 * per_key;
     let before = bench.snapshot();
     let started = Instant::now();
-    let _n3 = cluster.start_node("n3");
+    let mut n3 = Some(cluster.start_node("n3"));
     let m = bench.converge(started, before, hints_for_n3).await;
-    runs.push(bench.report("kill", written_during, &m, full, Some(&writes)));
+    runs.push(bench.report("kill", written_during, &m, full, Some(&writes), None));
 
-    progress("wipe run: n3's data directory deleted");
-    bench.kill_n3();
-    drop(_n3);
-    let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
-    let total = bench.written;
-    let full = total as f64 * per_key;
-    let before = bench.snapshot();
-    let started = Instant::now();
-    let _n3_again = cluster.start_node("n3");
-    let m = bench
-        .converge(started, before, |statuses| {
-            // What n3 lacks: every key, less those anti-entropy restored on it since restart.
-            let restored = statuses
-                .get(2)
-                .and_then(|s| s.as_ref())
-                .map_or(0, |s| s.anti_entropy.keys_repaired);
-            total.saturating_sub(restored as usize) as f64
-        })
-        .await;
-    runs.push(bench.report("wipe", total, &m, full, None));
+    let mut wipe_ratios = Vec::new();
+    for repeat in 1..=settings.wipes {
+        progress(&format!(
+            "wipe run {repeat} of {}: n3's data directory deleted",
+            settings.wipes
+        ));
+        bench.kill_n3();
+        drop(n3.take());
+        let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
+        let total = bench.written;
+        let full = total as f64 * per_key;
+        let before = bench.snapshot();
+        let started = Instant::now();
+        n3 = Some(cluster.start_node("n3"));
+        let m = bench
+            .converge(started, before, |statuses| {
+                // What n3 lacks: every key, less those anti-entropy restored on it since
+                // restart.
+                let restored = statuses
+                    .get(2)
+                    .and_then(|s| s.as_ref())
+                    .map_or(0, |s| s.anti_entropy.keys_repaired);
+                total.saturating_sub(restored as usize) as f64
+            })
+            .await;
+        let row = bench.report("wipe", total, &m, full, None, Some(repeat));
+        wipe_ratios.push(row["time_vs_floor"].as_f64().unwrap_or(f64::NAN));
+        runs.push(row);
+    }
+    let wipe_median = median(&wipe_ratios);
+    progress(&format!(
+        "wipes: median time / floor {wipe_median:.2} over {}",
+        settings.wipes
+    ));
 
     progress("foreground reads while anti-entropy repairs a wiped n3, running and paused in turn");
     bench.kill_n3();
-    drop(_n3_again);
+    drop(n3);
     let _ = std::fs::remove_dir_all(cluster.dir().join("n3").join("data"));
     let _n3_foreground = cluster.start_node("n3");
     let foreground = bench.foreground().await;
@@ -707,6 +747,7 @@ async fn body(ns: &Netns, cluster: &DevCluster, settings: &Settings) -> Result<J
         "loopback_bytes_per_sec": bandwidth.round(),
         "idle_peer_bytes_per_sec": bench.idle_rate.round(),
         "runs": runs,
+        "wipe_median_time_vs_floor": round(wipe_median),
         "foreground_reads_per_sec": foreground,
     });
     let path = settings.out.join("results.json");
@@ -807,6 +848,27 @@ fn median(values: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn measured(timeline: Vec<(f64, f64)>) -> Measured {
+        Measured {
+            seconds: timeline.last().map_or(0.0, |(t, _)| *t),
+            detection: 0.0,
+            bytes: 0.0,
+            raw_bytes: 0.0,
+            by_kind: BTreeMap::new(),
+            udp_drops: 0,
+            timeline,
+        }
+    }
+
+    #[test]
+    fn first_progress_is_the_first_sample_below_the_first() {
+        let m = measured(vec![(0.1, 100.0), (0.2, 100.0), (0.3, 60.0), (0.4, 0.0)]);
+        assert_eq!(m.first_progress(), Some(0.3));
+        // Converged at the first poll, or never moved: no progress seen.
+        assert_eq!(measured(vec![(0.1, 0.0)]).first_progress(), None);
+        assert_eq!(measured(Vec::new()).first_progress(), None);
+    }
 
     #[test]
     fn a_steady_drift_within_a_quad_cancels() {

@@ -4,10 +4,10 @@
 //! - **Rounds.** A round compares every partition this node is a primary of with each other
 //!   live primary of it: one request per peer compares the roots of all the partitions the
 //!   two share, and only partitions whose roots differ get an exchange, up to
-//!   [`PARALLEL_EXCHANGES`] of them at once per peer. The first round starts
-//!   [`NodeConfig::ae_min_interval`] after start (so a restarted node repairs at once), and a
-//!   round starts right away when SWIM sees a member come up or recover (a restart, a healed
-//!   partition).
+//!   [`PARALLEL_EXCHANGES`] of them at once per peer. The first round starts as soon as the
+//!   node has learned its peers at start (so a restarted or wiped node is repaired at once),
+//!   or [`NodeConfig::ae_min_interval`] after start if it learns none, and a round starts
+//!   right away when SWIM sees a member come up or recover (a restart, a healed partition).
 //! - **Adaptive interval.** After a round that repaired something the next comes after half
 //!   the previous interval (at least `ae_min_interval`); after a round that found nothing,
 //!   after twice it (at most `ae_max_interval`).
@@ -23,7 +23,8 @@
 //!   comparison waits: hinted handoff is already sending those keys, and anti-entropy would
 //!   send them twice. A round woken by a member coming back starts after a short grace
 //!   (half of `ae_min_interval`), so the hint holders' handoff is under way when the roots
-//!   are compared. The comparison also waits while either of the two has `Replicate`s to the
+//!   are compared; not on the member that came back, in its first second ([`STARTUP`]): its
+//!   peers that hold hints for it decline to compare until they are delivered. The comparison also waits while either of the two has `Replicate`s to the
 //!   other in flight, or holds hints for it (handoff is woken; this wait lasts at most 30 s,
 //!   so a hint the peer keeps refusing cannot stop anti-entropy): see
 //!   [`Shared::handoff_pending`]. A round that waited is followed
@@ -38,7 +39,7 @@
 //!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed, and holds
 //!   an exchange in progress before its next step or batch.
 //! - **Budget.** Leaf comparisons and repairs wait for a token bucket of
-//!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], 0.25 % of it
+//!   [`NodeConfig::ae_bytes_per_sec`] and [`NodeConfig::ae_keys_per_sec`], 0.125 % of it
 //!   while the node serves clients (it coordinates a request, or started one within the last
 //!   second: [`Shared::serving_clients`]), and every RPC uses the peer's background
 //!   budget, so foreground requests keep their share.
@@ -72,8 +73,14 @@ struct Pacer {
 /// on a 2-core machine running three nodes, where a repaired key costs about 40 µs of CPU
 /// over the sender and the receiver (session 5): repairing at 5400 keys/s over the cluster
 /// cost reads 9 %; at about 1500 keys/s the loss is within the measurement's noise. The
-/// share was 1 % of a 50 000 keys/s budget until the budget grew to 200 000 (session 9).
-const BUSY_SHARE: f64 = 0.0025;
+/// share was 1 % of a 50 000 keys/s budget until the budget grew to 200 000 (session 9), and
+/// 0.25 % of that until it grew to 400 000 (session 12): the same 500 keys/s each time.
+const BUSY_SHARE: f64 = 0.00125;
+
+/// Members learned this soon after the node started are learned by its start (the seeds, then
+/// the members they gossip): the round they wake starts without the grace that lets the hint
+/// holders' handoff start first, since this node is the member that came back.
+const STARTUP: Duration = Duration::from_secs(1);
 
 impl Pacer {
     /// Waits until `keys` keys and `bytes` bytes fit the budget.
@@ -107,7 +114,8 @@ pub(crate) async fn run<T: Transport, S: Store>(
         keys_per_sec: config.ae_keys_per_sec.max(1) as f64,
     });
     let mut interval = config.ae_min_interval;
-    let mut due = tokio::time::Instant::now() + config.ae_min_interval;
+    let started = tokio::time::Instant::now();
+    let mut due = started + config.ae_min_interval;
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(due) => {}
@@ -117,8 +125,13 @@ pub(crate) async fn run<T: Transport, S: Store>(
                 }
                 // Several members may come up together: one round covers them all.
                 while wake.try_recv().is_ok() {}
-                // Let the hint holders' handoff to a member that came back start first.
-                tokio::time::sleep(config.ae_min_interval / 2).await;
+                // Let the hint holders' handoff to a member that came back start first. Not
+                // when this node is the one that came back (the members it learns as it
+                // starts): a peer holding hints for it declines to compare until they are
+                // delivered, and a wiped or new replica is refilled at once.
+                if started.elapsed() >= STARTUP {
+                    tokio::time::sleep(config.ae_min_interval / 2).await;
+                }
             }
         }
         if shared.ae_paused.load(std::sync::atomic::Ordering::Relaxed) {

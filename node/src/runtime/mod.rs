@@ -142,9 +142,9 @@ pub struct NodeConfig {
     pub ae_min_interval: Duration,
     /// Longest time between two rounds when they find nothing. Default 60 s.
     pub ae_max_interval: Duration,
-    /// Anti-entropy payload bytes per second this node moves at most. Default 64 MiB.
+    /// Anti-entropy payload bytes per second this node moves at most. Default 128 MiB.
     pub ae_bytes_per_sec: u64,
-    /// Keys per second anti-entropy compares or repairs at most. Default 200 000.
+    /// Keys per second anti-entropy compares or repairs at most. Default 400 000.
     pub ae_keys_per_sec: u64,
     /// Records per batch of a whole-leaf transfer (a refill) while the node serves no clients
     /// (see `transfer_batch` in the anti-entropy task). Default and most
@@ -176,8 +176,8 @@ impl NodeConfig {
             anti_entropy: true,
             ae_min_interval: Duration::from_secs(2),
             ae_max_interval: Duration::from_secs(60),
-            ae_bytes_per_sec: 64 << 20,
-            ae_keys_per_sec: 200_000,
+            ae_bytes_per_sec: 128 << 20,
+            ae_keys_per_sec: 400_000,
             ae_transfer_batch: crate::antientropy::TRANSFER_RECORDS,
         }
     }

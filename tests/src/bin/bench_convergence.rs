@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! bench-convergence [--keys 5000] [--d 1,10,100,1000] [--value-size 100] [--kill-secs 10]
-//!                   [--out target/bench-convergence]
+//!                   [--wipes 1] [--out target/bench-convergence]
 //! ```
 //!
 //! Prints progress and each run's figures on stderr, the results JSON on stdout, and writes
@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         d: vec![1, 10, 100, 1000],
         value_size: 100,
         kill_secs: 10,
+        wipes: 1,
         out: "target/bench-convergence".into(),
     };
     let mut args = std::env::args().skip(1);
@@ -51,6 +52,10 @@ fn main() -> ExitCode {
             "--kill-secs" => match value.parse() {
                 Ok(n) if n > 0 => settings.kill_secs = n,
                 _ => return bad("--kill-secs"),
+            },
+            "--wipes" => match value.parse() {
+                Ok(n) if (1..=100).contains(&n) => settings.wipes = n,
+                _ => return bad("--wipes"),
             },
             "--out" => settings.out = value.into(),
             _ => {
