@@ -24,8 +24,9 @@
 //!   send them twice. A round woken by a member coming back starts after a short grace
 //!   (half of `ae_min_interval`), so the hint holders' handoff is under way when the roots
 //!   are compared; not on the member that came back, in its first second ([`STARTUP`]): its
-//!   peers that hold hints for it decline to compare until they are delivered. The comparison also waits while either of the two has `Replicate`s to the
-//!   other in flight, or holds hints for it (handoff is woken; this wait lasts at most 30 s,
+//!   peers that hold hints for it decline to compare until they are delivered. The
+//!   comparison also waits while either of the two has `Replicate`s to the other in flight,
+//!   or holds hints for it (handoff is woken; this wait lasts at most 30 s,
 //!   so a hint the peer keeps refusing cannot stop anti-entropy): see
 //!   [`Shared::handoff_pending`]. A round that waited is followed
 //!   by the next one after `ae_min_interval`.
