@@ -387,3 +387,50 @@ async fn records_pushed_into_a_partition_busy_with_another_peer_are_merged_then_
     let answer = call(&pusher, root_children(3)).await;
     assert!(matches!(answer, PeerResponse::Busy), "{answer:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_peers_of_a_restarted_replica_compare_with_it_at_once() {
+    // Rounds a minute apart and more: the peers' own schedule, or the grace after SWIM sees a
+    // member come back (half a minute here), would leave the refill to the wiped replica
+    // alone for many seconds. A budget low enough for the refill to take seconds.
+    let mut cluster = Cluster::with_config(26, |c| {
+        c.ae_min_interval = Duration::from_secs(60);
+        c.ae_max_interval = Duration::from_secs(600);
+        c.ae_keys_per_sec = 1000;
+        c.ae_transfer_batch = shoal_node::antientropy::KEYS_PER_STEP;
+    });
+    let keys = 4000;
+    for i in 0..keys {
+        update_at_first_live_primary(&cluster, &key(i), add("m")).await;
+    }
+    cluster.settle().await;
+    // Past every node's first second: a node in it asks the peers it compares with to start
+    // their own rounds too, and this test is about the wiped replica asking.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let wiped = 2;
+    // Exchanges the other nodes started (a roots comparison counts too): equal with each
+    // other, they start none until their next round, a minute away.
+    let peers_exchanges = |cluster: &Cluster| -> u64 {
+        (0..NODES)
+            .filter(|&i| i != wiped)
+            .map(|i| cluster.node(i).metrics().ae_exchanges)
+            .sum()
+    };
+    let before = peers_exchanges(&cluster);
+    cluster.crash_and_wipe(wiped);
+    cluster.start(wiped);
+    let restarted = tokio::time::Instant::now();
+    eventually(LIMIT, || peers_exchanges(&cluster) > before).await;
+    let comparing_after = restarted.elapsed();
+    assert!(
+        comparing_after < Duration::from_secs(10),
+        "the peers began comparing with the restarted replica {comparing_after:?} after it \
+         started"
+    );
+    let wiped_holds = |cluster: &Cluster| {
+        (0..keys)
+            .filter(|&i| cluster.primaries(&key(i)).1.contains(&wiped))
+            .all(|i| cluster.local_view(wiped, &key(i)).is_some())
+    };
+    eventually(LIMIT, || wiped_holds(&cluster)).await;
+}

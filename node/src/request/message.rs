@@ -125,6 +125,10 @@ pub enum PeerRequest {
         /// Whether the answer may be group summaries instead of roots (the first request of
         /// a round; the second asks for roots).
         grouped: bool,
+        /// The asker has just started (a restart, a wiped or new replica): when the roots
+        /// differ, the receiver starts its own round at once, so the repair runs in both
+        /// directions from the start instead of waiting for the receiver's next round.
+        starting: bool,
     },
     /// Anti-entropy: the hashes of the children of `nodes` at `level` of your tree of
     /// `partition`. Answered with [`PeerResponse::Hashes`].

@@ -2,12 +2,18 @@
 //! this node replicates, within a budget, at an adaptive interval.
 //!
 //! - **Rounds.** A round compares every partition this node is a primary of with each other
-//!   live primary of it: one request per peer compares the roots of all the partitions the
-//!   two share, and only partitions whose roots differ get an exchange, up to
-//!   [`PARALLEL_EXCHANGES`] of them at once per peer. The first round starts as soon as the
-//!   node has learned its peers at start (so a restarted or wiped node is repaired at once),
-//!   or [`NodeConfig::ae_min_interval`] after start if it learns none, and a round starts
-//!   right away when SWIM sees a member come up or recover (a restart, a healed partition).
+//!   live primary of it, every peer at once: one request per peer compares the roots of all
+//!   the partitions the two share, and only partitions whose roots differ get an exchange,
+//!   up to [`PARALLEL_EXCHANGES`] of them at once per peer. The first round starts as soon
+//!   as the node has learned its peers at start (so a restarted or wiped node is repaired at
+//!   once), or [`NodeConfig::ae_min_interval`] after start if it learns none, and a round
+//!   starts right away when SWIM sees a member come up or recover (a restart, a healed
+//!   partition).
+//! - **Both sides at once.** The roots requests of a node in its first second ([`STARTUP`])
+//!   say so (`starting`), and a peer whose roots differ starts its own round at once
+//!   ([`Wake::PeerStarted`]): a wiped replica fetches from its peers while they push to it,
+//!   instead of alone until their next rounds (up to `ae_max_interval` away; a quick restart
+//!   gives SWIM nothing to report).
 //! - **Adaptive interval.** After a round that repaired something the next comes after half
 //!   the previous interval (at least `ae_min_interval`); after a round that found nothing,
 //!   after twice it (at most `ae_max_interval`).
@@ -32,10 +38,11 @@
 //!   by the next one after `ae_min_interval`.
 //! - **One repair per partition at a time.** Each step of an exchange, and each batch of a
 //!   transfer, claims its partition on both nodes ([`Shared::ae_claim`]); a node answers
-//!   `Busy` for a partition another peer is repairing with it, and the asker tries it in a
-//!   later round. An exchange that moves records is never overtaken, not even by the same
-//!   peer's exchange in the other direction. So a replica that lacks keys several peers have
-//!   (a wiped disk) receives each of them once.
+//!   `Busy` for a partition another peer is repairing with it, and the asker tries it again
+//!   every [`BUSY_RETRY`] for up to [`BUSY_PATIENCE`] (it is usually done by then, and
+//!   compares equal), then leaves it to a later round. An exchange that moves records is
+//!   never overtaken, not even by the same peer's exchange in the other direction. So a
+//!   replica that lacks keys several peers have (a wiped disk) receives each of them once.
 //! - **Pause.** [`Node::pause_anti_entropy`](super::Node::pause_anti_entropy) (the admin
 //!   endpoint's `POST /anti-entropy/pause` and `/resume`) skips rounds until resumed, and holds
 //!   an exchange in progress before its next step or batch.
@@ -58,6 +65,7 @@ use crate::antientropy::{
     AeEffect, Exchange, ExchangeReport, KEYS_PER_STEP, MAX_PUSH_RECORDS, ROOTS_GROUP,
     TRANSFER_RECORDS, group_summaries, partition_bitmap, roots_summary,
 };
+use crate::cluster::ClusterView;
 use crate::request::message::{PeerRequest, PeerResponse, record_from_wire};
 use crate::transport::Transport;
 
@@ -104,9 +112,24 @@ impl Pacer {
     }
 }
 
+/// Why a round starts before its time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// SWIM saw a member come up or recover: the round starts after a grace, so the hint
+    /// holders' handoff to it goes first (not in this node's own first second, [`STARTUP`]).
+    MemberUp,
+    /// Hinted handoff to a member ended: anti-entropy with it, which waited, may compare now
+    /// (after the same grace: the receiver declines for a few seconds after storing hints).
+    HandoffDone,
+    /// A peer that has just started asked for roots that differ from this node's: the round
+    /// starts at once, so the peer is repaired from both sides (the peer's own round fetches,
+    /// this one pushes; claims keep them on different partitions).
+    PeerStarted,
+}
+
 pub(crate) async fn run<T: Transport, S: Store>(
     shared: Arc<Shared<T, S>>,
-    mut wake: mpsc::Receiver<MemberId>,
+    mut wake: mpsc::Receiver<Wake>,
 ) {
     let config = &shared.config;
     let pacer = Arc::new(Pacer {
@@ -121,16 +144,20 @@ pub(crate) async fn run<T: Transport, S: Store>(
         tokio::select! {
             () = tokio::time::sleep_until(due) => {}
             woke = wake.recv() => {
-                if woke.is_none() {
+                let Some(first) = woke else {
                     return;
-                }
+                };
                 // Several members may come up together: one round covers them all.
-                while wake.try_recv().is_ok() {}
+                let mut grace = first != Wake::PeerStarted;
+                while let Ok(next) = wake.try_recv() {
+                    grace &= next != Wake::PeerStarted;
+                }
                 // Let the hint holders' handoff to a member that came back start first. Not
                 // when this node is the one that came back (the members it learns as it
                 // starts): a peer holding hints for it declines to compare until they are
-                // delivered, and a wiped or new replica is refilled at once.
-                if started.elapsed() >= STARTUP {
+                // delivered, and a wiped or new replica is refilled at once. Nor when a peer
+                // that just started asks for help: it waited for no one either.
+                if grace && started.elapsed() >= STARTUP {
                     tokio::time::sleep(config.ae_min_interval / 2).await;
                 }
             }
@@ -139,7 +166,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
             due = tokio::time::Instant::now() + config.ae_min_interval;
             continue;
         }
-        let (repaired, waited) = round(&shared, &pacer).await;
+        let (repaired, waited) = round(&shared, &pacer, started.elapsed() < STARTUP).await;
         interval = if waited {
             config.ae_min_interval
         } else if repaired > 0 {
@@ -153,13 +180,18 @@ pub(crate) async fn run<T: Transport, S: Store>(
 
 /// One pass over every partition this node is a primary of; returns the keys that moved, and
 /// whether some comparison waited (for hinted handoff, or a partition busy with another
-/// peer).
+/// peer). `starting`: this node started within [`STARTUP`] (its peers are asked to repair it
+/// from their side too).
 ///
 /// Per peer, one `AeRoots` request compares the roots of every partition the two share; only
-/// partitions whose roots differ get an [`Exchange`].
+/// partitions whose roots differ get an [`Exchange`]. The peers are taken at once, each with
+/// its own [`PARALLEL_EXCHANGES`]: a wiped replica fetches from all of them from the start,
+/// and a partition one peer is repairing is skipped by the others ([`Shared::ae_claim`]) and
+/// compared again next round.
 async fn round<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
     pacer: &Arc<Pacer>,
+    starting: bool,
 ) -> (u64, bool) {
     let view = shared.view();
     // Per peer, the shared partitions and both positions in their primaries.
@@ -186,87 +218,29 @@ async fn round<T: Transport, S: Store>(
                 .push((p, mine, theirs));
         }
     }
+    let mut peers = tokio::task::JoinSet::new();
+    for (peer, partitions) in shared_with {
+        let (shared, pacer, view) = (shared.clone(), pacer.clone(), view.clone());
+        peers.spawn(async move {
+            with_peer(&shared, &pacer, &view, &peer, &partitions, starting).await
+        });
+    }
     let (mut moved, mut waited) = (0, false);
-    for (peer, partitions) in &shared_with {
-        // Hinted handoff or a coordinator's replication is about to repair one of us: let it
-        // finish first, so the same keys are not sent twice.
-        if shared.handoff_pending(peer.as_str()) {
-            tracing::debug!(%peer, "anti-entropy waits for hinted handoff");
-            incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
-            waited = true;
-            continue;
-        }
-        let ids: Vec<u32> = partitions.iter().map(|(p, _, _)| *p).collect();
-        let ours: Vec<u128> =
-            blocking(|| ids.iter().map(|&p| shared.engine.merkle_root(p)).collect());
-        let roots = match peer_roots(shared, peer, &ids, &ours).await {
-            Ok(Some(roots)) => roots,
-            Ok(None) => {
-                tracing::debug!(%peer, "anti-entropy waits for the peer's hinted handoff");
-                incomplete.extend(ids);
-                waited = true;
-                continue;
+    while let Some(done) = peers.join_next().await {
+        match done {
+            Ok(PeerRound {
+                moved: m,
+                waited: w,
+                incomplete: i,
+            }) => {
+                moved += m;
+                waited |= w;
+                incomplete.extend(i);
             }
-            Err(error) => {
-                tracing::debug!(%peer, %error, "anti-entropy roots not compared");
-                incomplete.extend(ids);
-                continue;
-            }
-        };
-        let differing: Vec<(u32, usize, usize)> = partitions
-            .iter()
-            .zip(roots)
-            .zip(&ours)
-            .filter(|((_, theirs_root), our_root)| theirs_root != *our_root)
-            .map(|((&partition, _), _)| partition)
-            .collect();
-        let mut queue = differing.into_iter();
-        let mut running = tokio::task::JoinSet::new();
-        loop {
-            while running.len() < PARALLEL_EXCHANGES
-                && let Some((p, mine, theirs)) = queue.next()
-            {
-                if !shared.ae_claim(p, peer.as_str(), false, false) {
-                    // Being repaired with another peer right now: a later round compares it.
-                    incomplete.insert(p);
-                    waited = true;
-                    continue;
-                }
-                let (shared, pacer, peer, view) =
-                    (shared.clone(), pacer.clone(), peer.clone(), view.clone());
-                running.spawn(async move {
-                    // A key belongs on the first N primaries of its keyspace only.
-                    let belongs = |key: &[u8], at: usize| {
-                        keyspace_of(key)
-                            .is_some_and(|ks| at < super::n_for(&shared.config, &view.state, ks))
-                    };
-                    let wanted = |key: &[u8], to_peer: bool| {
-                        belongs(key, if to_peer { theirs } else { mine })
-                    };
-                    let report = exchange(&shared, &pacer, p, &peer, &wanted).await;
-                    shared.ae_release(p, peer.as_str());
-                    (p, report)
-                });
-            }
-            let Some(done) = running.join_next().await else {
-                break;
-            };
-            let (p, report) = match done {
-                Ok(done) => done,
-                Err(e) => {
-                    // Which partition is unknown here: none of this peer's counts as compared.
-                    tracing::warn!(%peer, error = %e, "anti-entropy exchange task failed");
-                    incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
-                    continue;
-                }
-            };
-            moved += report.keys_fetched + report.keys_pushed;
-            if !report.complete {
-                incomplete.insert(p);
-                waited |= report.error.as_deref() == Some(BUSY);
-            }
-            if let Some(error) = &report.error {
-                tracing::debug!(partition = p, %peer, %error, "anti-entropy exchange stopped");
+            Err(e) => {
+                // Which peer is unknown here: no partition counts as compared.
+                tracing::warn!(error = %e, "anti-entropy round task failed");
+                incomplete.extend(mine_all.iter().copied());
             }
         }
     }
@@ -281,6 +255,144 @@ async fn round<T: Transport, S: Store>(
     (moved, waited)
 }
 
+/// What a round did with one peer.
+#[derive(Default)]
+struct PeerRound {
+    /// Keys that moved either way.
+    moved: u64,
+    /// Whether a comparison waited (hinted handoff, or a partition busy with another peer).
+    waited: bool,
+    /// Partitions not fully compared with this peer.
+    incomplete: BTreeSet<u32>,
+}
+
+/// One round's work with `peer`: compares the roots of `partitions` (`(partition, this node's
+/// position in its primaries, the peer's)`), then runs an exchange for each that differs, up
+/// to [`PARALLEL_EXCHANGES`] at once.
+async fn with_peer<T: Transport, S: Store>(
+    shared: &Arc<Shared<T, S>>,
+    pacer: &Arc<Pacer>,
+    view: &Arc<ClusterView>,
+    peer: &MemberId,
+    partitions: &[(u32, usize, usize)],
+    starting: bool,
+) -> PeerRound {
+    let mut out = PeerRound::default();
+    let ids: Vec<u32> = partitions.iter().map(|(p, _, _)| *p).collect();
+    // Hinted handoff or a coordinator's replication is about to repair one of us: let it
+    // finish first, so the same keys are not sent twice.
+    if shared.handoff_pending(peer.as_str()) {
+        tracing::debug!(%peer, "anti-entropy waits for hinted handoff");
+        out.incomplete.extend(ids);
+        out.waited = true;
+        return out;
+    }
+    let ours: Vec<u128> = blocking(|| ids.iter().map(|&p| shared.engine.merkle_root(p)).collect());
+    let roots = match peer_roots(shared, peer, &ids, &ours, starting).await {
+        Ok(Some(roots)) => roots,
+        Ok(None) => {
+            tracing::debug!(%peer, "anti-entropy waits for the peer's hinted handoff");
+            out.incomplete.extend(ids);
+            out.waited = true;
+            return out;
+        }
+        Err(error) => {
+            tracing::debug!(%peer, %error, "anti-entropy roots not compared");
+            out.incomplete.extend(ids);
+            return out;
+        }
+    };
+    let differing: Vec<(u32, usize, usize)> = partitions
+        .iter()
+        .zip(roots)
+        .zip(&ours)
+        .filter(|((_, theirs_root), our_root)| theirs_root != *our_root)
+        .map(|((&partition, _), _)| partition)
+        .collect();
+    let mut queue: std::collections::VecDeque<(u32, usize, usize)> = differing.into();
+    // Partitions busy with another peer (here or on the peer), each with when it was first
+    // found busy and when to try it again.
+    let mut busy: Vec<((u32, usize, usize), tokio::time::Instant)> = Vec::new();
+    let mut busy_since: BTreeMap<u32, tokio::time::Instant> = BTreeMap::new();
+    let mut defer = |item: (u32, usize, usize), busy: &mut Vec<_>, out: &mut PeerRound| {
+        let now = tokio::time::Instant::now();
+        let since = *busy_since.entry(item.0).or_insert(now);
+        if now.duration_since(since) < BUSY_PATIENCE {
+            busy.push((item, now + BUSY_RETRY));
+        } else {
+            // Still busy: a later round compares it.
+            out.incomplete.insert(item.0);
+            out.waited = true;
+        }
+    };
+    let mut running = tokio::task::JoinSet::new();
+    loop {
+        let now = tokio::time::Instant::now();
+        busy.retain(|&(item, at)| {
+            if at <= now {
+                queue.push_back(item);
+            }
+            at > now
+        });
+        while running.len() < PARALLEL_EXCHANGES
+            && let Some((p, mine, theirs)) = queue.pop_front()
+        {
+            if !shared.ae_claim(p, peer.as_str(), false, false) {
+                defer((p, mine, theirs), &mut busy, &mut out);
+                continue;
+            }
+            let (shared, pacer, peer, view) =
+                (shared.clone(), pacer.clone(), peer.clone(), view.clone());
+            running.spawn(async move {
+                // A key belongs on the first N primaries of its keyspace only.
+                let belongs = |key: &[u8], at: usize| {
+                    keyspace_of(key)
+                        .is_some_and(|ks| at < super::n_for(&shared.config, &view.state, ks))
+                };
+                let wanted =
+                    |key: &[u8], to_peer: bool| belongs(key, if to_peer { theirs } else { mine });
+                let report = exchange(&shared, &pacer, p, &peer, &wanted).await;
+                shared.ae_release(p, peer.as_str());
+                ((p, mine, theirs), report)
+            });
+        }
+        if running.is_empty() {
+            // Only busy partitions are left (or none): the other peers' exchanges of them end
+            // soon.
+            let Some(next) = busy.iter().map(|&(_, at)| at).min() else {
+                break;
+            };
+            tokio::time::sleep_until(next).await;
+            continue;
+        }
+        let Some(done) = running.join_next().await else {
+            continue;
+        };
+        let (item, report) = match done {
+            Ok(done) => done,
+            Err(e) => {
+                // Which partition is unknown here: none of this peer's counts as compared.
+                tracing::warn!(%peer, error = %e, "anti-entropy exchange task failed");
+                out.incomplete.extend(partitions.iter().map(|(p, _, _)| *p));
+                continue;
+            }
+        };
+        let p = item.0;
+        out.moved += report.keys_fetched + report.keys_pushed;
+        if let Some(error) = &report.error {
+            tracing::debug!(partition = p, %peer, %error, "anti-entropy exchange stopped");
+        }
+        if !report.complete {
+            if report.error.as_deref() == Some(BUSY) {
+                defer(item, &mut busy, &mut out);
+            } else {
+                out.incomplete.insert(p);
+            }
+        }
+    }
+    out
+}
+
 /// The peer's roots of partitions `ids` (`ours`: this node's, in the same order), or `None`
 /// while hinted handoff runs to or from it. Partitions whose group summaries match are
 /// returned as `ours`: the first request may be answered with group summaries, and then only
@@ -290,12 +402,16 @@ async fn peer_roots<T: Transport, S: Store>(
     peer: &MemberId,
     ids: &[u32],
     ours: &[u128],
+    starting: bool,
 ) -> Result<Option<Vec<u128>>, String> {
+    // Only the first request says this node is starting: the peer's round then covers the
+    // groups the second one asks about.
     let ask = |ids: &[u32], ours: &[u128], grouped: bool| PeerRequest::AeRoots {
         id: shared.next_request_id(),
         summary: roots_summary(ids.iter().copied().zip(ours.iter().copied())),
         partitions: partition_bitmap(ids),
         grouped,
+        starting: starting && grouped,
     };
     let timeout = shared.config.background_timeout;
     let (roots, groups) = match shared
@@ -373,6 +489,16 @@ async fn peer_roots<T: Transport, S: Store>(
 /// refill waited on each batch's round trip and synced write in turn and used under half of
 /// the two cores; the pacer's budget is shared by all of them.
 const PARALLEL_EXCHANGES: usize = 4;
+
+/// How long a round keeps trying a partition it finds busy with another peer before leaving
+/// it to the next round (which comes [`NodeConfig::ae_min_interval`] later). A refill from
+/// several peers at once finds many partitions busy: each is done by whichever peer claimed
+/// it first, and is then compared once more with the others, at once; leaving them all to the
+/// next round left a tail of seconds.
+const BUSY_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How long a round waits before trying a busy partition again.
+const BUSY_RETRY: Duration = Duration::from_millis(100);
 
 /// What one step of an exchange costs the budget before its own keys and bytes, in keys: a
 /// round trip (two RPC hand-offs, a tree or store read) costs about what handling this many

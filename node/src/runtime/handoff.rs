@@ -139,7 +139,9 @@ fn pump<T: Transport, S: Store>(
         sessions.remove(target);
         shared.set_handoff_active(target, false);
         // Anti-entropy with the target waited for this session; it may compare now.
-        let _ = shared.ae_wake.try_send(target.clone());
+        let _ = shared
+            .ae_wake
+            .try_send(super::antientropy::Wake::HandoffDone);
     }
 }
 

@@ -159,6 +159,7 @@ async fn serve<T: Transport, S: Store>(
             partitions,
             summary,
             grouped,
+            starting,
             ..
         } => {
             let partitions = crate::antientropy::bitmap_partitions(&partitions)
@@ -176,14 +177,22 @@ async fn serve<T: Transport, S: Store>(
                     .map(|&p| (p, shared.engine.merkle_root(p)))
                     .collect()
             });
-            let (roots, groups) =
-                if crate::antientropy::roots_summary(pairs.iter().copied()) == summary {
-                    (Vec::new(), Vec::new())
-                } else if !grouped || pairs.len() <= crate::antientropy::ROOTS_DIRECT {
-                    (pairs.iter().map(|(_, root)| *root).collect(), Vec::new())
-                } else {
-                    (Vec::new(), crate::antientropy::group_summaries(&pairs))
-                };
+            let equal = crate::antientropy::roots_summary(pairs.iter().copied()) == summary;
+            if starting && !equal {
+                // The asker just started and lacks something: repair it from this side too,
+                // now rather than at this node's next round. A full queue is fine: a round
+                // is already due.
+                let _ = shared
+                    .ae_wake
+                    .try_send(super::antientropy::Wake::PeerStarted);
+            }
+            let (roots, groups) = if equal {
+                (Vec::new(), Vec::new())
+            } else if !grouped || pairs.len() <= crate::antientropy::ROOTS_DIRECT {
+                (pairs.iter().map(|(_, root)| *root).collect(), Vec::new())
+            } else {
+                (Vec::new(), crate::antientropy::group_summaries(&pairs))
+            };
             Ok(PeerResponse::Roots {
                 roots,
                 groups,

@@ -223,7 +223,7 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     cluster_change: Mutex<()>,
     pub(crate) cancel: CancellationToken,
     pub(crate) handoff_wake: mpsc::Sender<MemberId>,
-    pub(crate) ae_wake: mpsc::Sender<MemberId>,
+    pub(crate) ae_wake: mpsc::Sender<super::antientropy::Wake>,
     /// When (on [`now`](Self::now)'s clock) each partition was last compared with every
     /// other live primary.
     ae_last: Mutex<HashMap<u32, Duration>>,
@@ -274,7 +274,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
         engine: Arc<Engine<S>>,
         cluster: ClusterView,
         handoff_wake: mpsc::Sender<MemberId>,
-        ae_wake: mpsc::Sender<MemberId>,
+        ae_wake: mpsc::Sender<super::antientropy::Wake>,
         swim_commands: mpsc::Sender<Command>,
     ) -> Self {
         let local_str = transport.local().id.as_str().to_owned();

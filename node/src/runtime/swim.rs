@@ -306,6 +306,6 @@ fn on_event<T: Transport, S: Store>(
     if matches!(event, Event::Up(_) | Event::Recovered(_)) {
         // A full queue is fine: the periodic handoff pass covers it.
         let _ = shared.handoff_wake.try_send(MemberId::clone(&member.id));
-        let _ = shared.ae_wake.try_send(MemberId::clone(&member.id));
+        let _ = shared.ae_wake.try_send(super::antientropy::Wake::MemberUp);
     }
 }
