@@ -186,8 +186,8 @@ pub(crate) async fn run<T: Transport, S: Store>(
 /// Per peer, one `AeRoots` request compares the roots of every partition the two share; only
 /// partitions whose roots differ get an [`Exchange`]. The peers are taken at once, each with
 /// its own [`PARALLEL_EXCHANGES`]: a wiped replica fetches from all of them from the start,
-/// and a partition one peer is repairing is skipped by the others ([`Shared::ae_claim`]) and
-/// compared again next round.
+/// and a partition one peer is repairing is tried again by the others soon after
+/// ([`Shared::ae_claim`], [`BUSY_RETRY`]).
 async fn round<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
     pacer: &Arc<Pacer>,
