@@ -370,3 +370,68 @@ async fn hints_flow_as_soon_as_a_briefly_cut_target_answers_again() {
     eventually(Duration::from_secs(120), || held(&cluster) == 0).await;
     assert!(matches!(cluster.local_view(target, key), Some(View::Set(s)) if s.len() == 1));
 }
+
+/// A stream of writes from one coordinator goes to each peer in a few `Replicate` requests,
+/// not one per write: while two are in flight to a peer, the writes that follow wait and go
+/// together in the next. Every replica still ends up with every write, and each confirmation
+/// deletes the coordinator's write-ahead hint for it (hinted handoff, which would deliver and
+/// delete them too, is an hour away here).
+#[tokio::test(start_paused = true)]
+async fn a_stream_of_writes_to_one_peer_goes_in_a_few_requests() {
+    let cluster = Cluster::with_config(14, |c| c.handoff_interval = Duration::from_secs(3600));
+    until_all_met(&cluster).await;
+    // Every message takes 10 ms, so the writes pile up behind the first requests.
+    cluster.net.set_faults(shoal_node::transport::FaultConfig {
+        delay_min: Duration::from_millis(10),
+        delay_max: Duration::from_millis(10),
+        ..Default::default()
+    });
+    let coordinator = 0;
+    let keys: Vec<String> = (0..1000)
+        .map(|i| format!("stream-{i}"))
+        .filter(|k| cluster.primaries(k.as_bytes()).1.contains(&coordinator))
+        .take(60)
+        .collect();
+    assert_eq!(keys.len(), 60);
+    let before = cluster.node(coordinator).metrics();
+    // One write every millisecond: a round trip takes 20.
+    let mut writes_in_flight = tokio::task::JoinSet::new();
+    for key in keys.clone() {
+        let node = cluster.node(coordinator);
+        writes_in_flight.spawn(async move {
+            node.update(KEYSPACE, key.as_bytes(), add("x"), 2, TIMEOUT)
+                .await
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    while let Some(result) = writes_in_flight.join_next().await {
+        assert!(result.unwrap().unwrap().acks >= 2);
+    }
+    cluster.net.set_faults(Default::default());
+    cluster.settle().await;
+    assert_eq!(
+        cluster.node(coordinator).metrics().hints_delivered,
+        0,
+        "the confirmations, not handoff, deleted the hints"
+    );
+    let after = cluster.node(coordinator).metrics();
+    let requests = after.replicate_requests - before.replicate_requests;
+    let writes = after.replicate_writes - before.replicate_writes;
+    assert_eq!(
+        writes,
+        2 * keys.len() as u64,
+        "each write to both other replicas"
+    );
+    assert!(
+        requests * 4 <= writes,
+        "{requests} requests carried {writes} writes"
+    );
+    for key in &keys {
+        for i in cluster.primaries(key.as_bytes()).1 {
+            assert!(
+                matches!(cluster.local_view(i, key.as_bytes()), Some(View::Set(s)) if s.len() == 1),
+                "{key} on n{i}"
+            );
+        }
+    }
+}

@@ -30,26 +30,41 @@ impl fmt::Display for RequestId {
 /// Most hints one [`PeerRequest::DeliverHints`] carries.
 pub const MAX_HINTS_PER_BATCH: usize = 256;
 
+/// Most writes one [`PeerRequest::Replicate`] carries.
+pub const MAX_REPLICATE_WRITES: usize = 256;
+
+/// One record of a [`PeerRequest::Replicate`]: store `record` for `(partition, key)`. With
+/// `hint_for`, the receiver is a fallback standing in for that primary: it also keeps the
+/// state as a hint for it (delivered by hinted handoff).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReplicaWrite {
+    /// Tracing id of the client request (or read repair) the write serves.
+    pub id: RequestId,
+    /// The key's partition.
+    pub partition: u32,
+    /// The storage key (keyspace-prefixed).
+    #[serde(with = "serde_bytes")]
+    pub key: Vec<u8>,
+    /// Record bytes.
+    #[serde(with = "serde_bytes")]
+    pub record: Vec<u8>,
+    /// The primary a fallback replaces, by node id.
+    pub hint_for: Option<String>,
+}
+
 /// A request from one node to another.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerRequest {
-    /// Store `record` for `(partition, key)`: merge it into the local state. With `hint_for`,
-    /// the receiver is a fallback standing in for that primary: it also keeps the state as a
-    /// hint for it (delivered by hinted handoff). Answered with [`PeerResponse::Stored`] once
-    /// everything is durable.
+    /// Store these records: merge each into the local state. A coordinator's replication to
+    /// one peer is coalesced: the writes it makes while earlier ones to that peer are still
+    /// in flight go together in the next request (see `runtime::replicate`), so a burst of
+    /// small writes costs one request, one answer and full packets rather than a packet
+    /// and an answer per key. Answered with [`PeerResponse::Replicated`] once everything
+    /// stored is durable.
     Replicate {
-        /// Tracing id.
-        id: RequestId,
-        /// The key's partition.
-        partition: u32,
-        /// The storage key (keyspace-prefixed).
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        /// Record bytes.
-        #[serde(with = "serde_bytes")]
-        record: Vec<u8>,
-        /// The primary a fallback replaces, by node id.
-        hint_for: Option<String>,
+        /// The writes, at most [`MAX_REPLICATE_WRITES`], about
+        /// [`BATCH_BYTES`](shoal_storage::BATCH_BYTES) past the first.
+        writes: Vec<ReplicaWrite>,
     },
     /// Read the stored record of `(partition, key)`. Answered with [`PeerResponse::Record`].
     Read {
@@ -195,11 +210,11 @@ pub enum PeerRequest {
 }
 
 impl PeerRequest {
-    /// The request's tracing id.
+    /// The request's tracing id (a `Replicate`'s: its first write's).
     pub fn id(&self) -> RequestId {
         match self {
-            PeerRequest::Replicate { id, .. }
-            | PeerRequest::Read { id, .. }
+            PeerRequest::Replicate { writes } => writes.first().map_or(RequestId(0), |w| w.id),
+            PeerRequest::Read { id, .. }
             | PeerRequest::DeliverHints { id, .. }
             | PeerRequest::ForwardUpdate { id, .. }
             | PeerRequest::ForwardGet { id, .. }
@@ -264,7 +279,7 @@ pub struct Forwarded {
 /// The answer to a [`PeerRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PeerResponse {
-    /// The state is durable on the receiver (answer to `Replicate` and `DeliverHint`).
+    /// The state is durable on the receiver (answer to `DeliverHints` and `AePush`).
     Stored,
     /// The receiver's record, if it has one (answer to `Read`).
     Record(#[serde(with = "serde_bytes")] Option<Vec<u8>>),
@@ -315,6 +330,12 @@ pub enum PeerResponse {
     LeafKeys(#[serde(with = "shoal_storage::wire::hashed")] Vec<(Vec<u8>, u128)>),
     /// `(key, record bytes)` of the asked keys the receiver has (answer to `AeFetch`).
     Records(#[serde(with = "shoal_storage::wire::pairs")] Vec<(Vec<u8>, Vec<u8>)>),
+    /// Answer to `Replicate`: every write but those in `refused` is durable on the receiver.
+    Replicated {
+        /// `(index in the request, why)` of each write not stored (a damaged record, a
+        /// value of another type than the key's); empty when all were.
+        refused: Vec<(u32, String)>,
+    },
 }
 
 /// Encodes a request body.
@@ -351,12 +372,15 @@ mod tests {
     fn messages_round_trip_and_damaged_records_are_refused() {
         let record = Record::encode(&Value::empty(Kind::Counter)).unwrap();
         let request = PeerRequest::Replicate {
-            id: RequestId(7),
-            partition: 3,
-            key: b"k".to_vec(),
-            record: record.as_bytes().to_vec(),
-            hint_for: Some("n2".into()),
+            writes: vec![ReplicaWrite {
+                id: RequestId(7),
+                partition: 3,
+                key: b"k".to_vec(),
+                record: record.as_bytes().to_vec(),
+                hint_for: Some("n2".into()),
+            }],
         };
+        assert_eq!(request.id(), RequestId(7));
         let bytes = encode_request(&request).unwrap();
         assert_eq!(decode_request(&bytes).unwrap(), request);
         let response = PeerResponse::Updated(Err(WireFailure {

@@ -179,16 +179,6 @@ impl UpdateCoordinator {
         self.record.as_ref()
     }
 
-    /// The owners whose write-ahead hint is no longer needed: those of the targets that
-    /// confirmed they persisted the record (a fallback keeps its own hint for its primary).
-    pub fn confirmed_owners(&self) -> Vec<MemberId> {
-        self.targets
-            .iter()
-            .filter(|(t, s)| t.node != self.local && *s == Status::Acked)
-            .map(|(t, _)| t.owner().clone())
-            .collect()
-    }
-
     /// The result of the local write: the persisted record, or why it failed
     /// ([`RequestError::Storage`] or [`RequestError::StorageWrite`]).
     pub fn handle_local(&mut self, result: Result<Record, RequestError>) {

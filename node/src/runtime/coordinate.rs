@@ -9,11 +9,12 @@ use shoal_storage::{Engine, MAX_KEY_LEN, Record, Store, Update};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::replicate;
 use super::shared::{CallError, Class, InFlight, Shared, blocking};
 use super::storage_key;
 use crate::request::Selection;
 use crate::request::message::{
-    Forwarded, PeerRequest, PeerResponse, WireOutcome, record_from_wire,
+    Forwarded, PeerRequest, PeerResponse, ReplicaWrite, WireOutcome, record_from_wire,
 };
 use crate::request::{
     Acknowledged, GetCoordinator, GetEffect, GetOutcome, Outcome, RequestError, RequestId, Target,
@@ -231,22 +232,21 @@ async fn drive_update<T: Transport, S: Store>(
         while let Some(effect) = c.poll_effect() {
             match effect {
                 UpdateEffect::Replicate { target, record } => {
-                    let request = PeerRequest::Replicate {
+                    let write = ReplicaWrite {
                         id,
                         partition,
                         key: key.clone(),
                         record: record.as_bytes().to_vec(),
                         hint_for: target.hint_for.as_ref().map(|h| h.as_str().to_owned()),
                     };
+                    let hint = (target.owner().clone(), record.hash());
                     let (shared2, tx) = (shared.clone(), results_tx.clone());
-                    let timeout = remaining(&shared, deadline);
                     let key2 = key.clone();
                     shared.set_replicating(&target.node, partition, &key2, true);
                     shared.spawn(async move {
-                        let result = shared2
-                            .call(&target.node, &request, timeout, Class::Foreground)
-                            .await
-                            .and_then(expect_stored);
+                        let result =
+                            replicate::replicate(&shared2, &target.node, write, deadline, hint)
+                                .await;
                         shared2.set_replicating(&target.node, partition, &key2, false);
                         let _ = tx.send((target.node, result));
                     });
@@ -274,7 +274,6 @@ async fn drive_update<T: Transport, S: Store>(
             }
         }
         if c.is_finished() {
-            drop_confirmed_hints(&shared, id, partition, &key, &c);
             return;
         }
         tokio::select! {
@@ -285,42 +284,6 @@ async fn drive_update<T: Transport, S: Store>(
             },
             () = tokio::time::sleep_until(shared.instant(deadline)) => c.handle_timeout(shared.now()),
         }
-    }
-}
-
-/// Deletes the write-ahead hints of the owners that confirmed, in one write, unless a later
-/// update of the key changed them meanwhile (then they deliver that later state).
-fn drop_confirmed_hints<T: Transport, S: Store>(
-    shared: &Shared<T, S>,
-    id: RequestId,
-    partition: u32,
-    key: &[u8],
-    c: &UpdateCoordinator,
-) {
-    let (Some(record), confirmed) = (c.record(), c.confirmed_owners()) else {
-        return;
-    };
-    if confirmed.is_empty() {
-        return;
-    }
-    let names: Vec<&str> = confirmed.iter().map(MemberId::as_str).collect();
-    if let Err(e) = blocking(|| {
-        shared
-            .engine
-            .remove_hints(&names, partition, key, record.hash())
-    }) {
-        // Harmless: the hints are delivered again later, and merging is idempotent.
-        tracing::warn!(%id, error = %e, "confirmed hints not removed");
-    }
-}
-
-fn expect_stored(response: PeerResponse) -> Result<(), CallError> {
-    match response {
-        PeerResponse::Stored => Ok(()),
-        other => Err(CallError {
-            message: format!("unexpected response {other:?}"),
-            may_have_taken_effect: true,
-        }),
     }
 }
 
@@ -480,21 +443,26 @@ fn repair<T: Transport, S: Store>(
         return;
     }
     let request = PeerRequest::Replicate {
-        id,
-        partition,
-        key: key.to_vec(),
-        record: record.as_bytes().to_vec(),
-        hint_for,
+        writes: vec![ReplicaWrite {
+            id,
+            partition,
+            key: key.to_vec(),
+            record: record.as_bytes().to_vec(),
+            hint_for,
+        }],
     };
     let shared2 = shared.clone();
     shared.spawn(async move {
         let timeout = shared2.config.background_timeout;
-        if let Err(e) = shared2
+        let outcome = match shared2
             .call(&target.node, &request, timeout, Class::Background)
             .await
         {
-            tracing::debug!(%id, to = %target.node, error = %e.message, "read repair not delivered");
-        }
+            Ok(PeerResponse::Replicated { refused }) if refused.is_empty() => return,
+            Ok(other) => format!("answered {other:?}"),
+            Err(e) => e.message,
+        };
+        tracing::debug!(%id, to = %target.node, error = %outcome, "read repair not delivered");
     });
 }
 

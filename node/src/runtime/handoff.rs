@@ -103,7 +103,7 @@ fn pump<T: Transport, S: Store>(
                 let mut send = Vec::with_capacity(hints.len());
                 for hint in hints {
                     // Its update is on its way by the coordinator's own `Replicate` (a
-                    // partition just healed): that one confirms it and deletes the hint;
+                    // partition just healed): its confirmation deletes the hint;
                     // sending it too would send it twice.
                     if shared.is_replicating(target, hint.partition, &hint.key) {
                         session.handle_skipped(batch, hint.partition, &hint.key);

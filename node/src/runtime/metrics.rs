@@ -18,6 +18,7 @@
 //! | `store_keys`, `store_bytes` | | the store's estimates |
 //! | `rpc_errors_total` | `peer`, `kind` (busy, unreachable, timeout, connection_lost, rejected, bad_response, other) | failed peer RPCs |
 //! | `peer_bytes_sent_total` | `kind` (swim, or the RPC: replicate, read, deliver_hints, forward_update, forward_get, pull_cluster, ae_roots, ae_hashes, ae_leaf_keys, ae_fetch, ae_push) | message bytes this node sent peers: SWIM datagrams, the requests it made and the responses it gave (so each byte between nodes is counted once, by its sender; transport framing, QUIC and TLS not included) |
+//! | `replicate_requests_total`, `replicate_writes_total` | | `Replicate` requests this node's coordinators sent and the writes they carried (writes to one peer made while earlier ones are in flight go together) |
 //! | `peer_queue_depth` | `peer`, `class` (foreground, background) | RPCs in flight or waiting per peer |
 //! | `in_flight_requests` | | coordinators running |
 //! | `ae_exchanges_total`, `ae_keys_repaired_total`, `ae_bytes_sent_total`, `ae_bytes_received_total` | | anti-entropy |
@@ -99,6 +100,8 @@ pub(crate) struct Metrics {
     hints_stored: Counter,
     hints_delivered: Counter,
     read_repairs: Counter,
+    replicate_requests: Counter,
+    replicate_writes: Counter,
     ae_exchanges: Counter,
     ae_keys_repaired: Counter,
     ae_bytes_sent: Counter,
@@ -130,6 +133,8 @@ impl Default for Metrics {
             hints_stored: Counter::default(),
             hints_delivered: Counter::default(),
             read_repairs: Counter::default(),
+            replicate_requests: Counter::default(),
+            replicate_writes: Counter::default(),
             ae_exchanges: Counter::default(),
             ae_keys_repaired: Counter::default(),
             ae_bytes_sent: Counter::default(),
@@ -172,6 +177,16 @@ impl Default for Metrics {
             m.hints_delivered.clone(),
         );
         r.register("read_repairs", "Read repairs sent", m.read_repairs.clone());
+        r.register(
+            "replicate_requests",
+            "Replicate requests sent by this node's coordinators",
+            m.replicate_requests.clone(),
+        );
+        r.register(
+            "replicate_writes",
+            "Writes carried by this node's coordinators' Replicate requests",
+            m.replicate_writes.clone(),
+        );
         r.register(
             "ae_exchanges",
             "Anti-entropy exchanges run as initiator",
@@ -295,6 +310,10 @@ pub struct MetricsSnapshot {
     pub ae_bytes_received: u64,
     /// Peer RPCs that failed, every peer and kind.
     pub rpc_errors: u64,
+    /// `Replicate` requests this node's coordinators sent.
+    pub replicate_requests: u64,
+    /// Writes those requests carried.
+    pub replicate_writes: u64,
 }
 
 fn outcome_name<T>(result: &Result<T, RequestError>) -> &'static str {
@@ -339,6 +358,11 @@ impl Metrics {
 
     pub(crate) fn read_repair(&self) {
         self.read_repairs.inc();
+    }
+
+    pub(crate) fn replicate_sent(&self, writes: usize) {
+        self.replicate_requests.inc();
+        self.replicate_writes.inc_by(writes as u64);
     }
 
     pub(crate) fn ae_exchange(&self, sent: u64, received: u64) {
@@ -407,6 +431,8 @@ impl Metrics {
             ae_bytes_sent: self.ae_bytes_sent.get(),
             ae_bytes_received: self.ae_bytes_received.get(),
             rpc_errors: self.rpc_error_total.get(),
+            replicate_requests: self.replicate_requests.get(),
+            replicate_writes: self.replicate_writes.get(),
         }
     }
 }

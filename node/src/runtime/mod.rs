@@ -50,17 +50,19 @@
 //!
 //! **Write-ahead hints.** The coordinator writes the update and a hint for every other
 //! owner (each target's primary, every down primary) in one durable batch before it sends
-//! anything, and deletes the hints of the owners whose target confirmed once every target
-//! resolved. A coordinator that crashes after W acks and before a target confirmed thus
-//! still delivers the update after it restarts (its handoff pass finds the hints); no
-//! replica depends on read repair or anti-entropy to learn an acknowledged update whose
-//! coordinator died. The cost is the hint puts in the update's batch and one delete batch per
-//! update; a hint changed by a later update of the key is kept and delivered.
+//! anything. When a target confirms, its owner's hint is deleted, one delete batch per
+//! `Replicate` request (see `replicate`: the writes to one peer are coalesced). A
+//! coordinator that crashes after W acks and before a target confirmed thus still delivers
+//! the update after it restarts (its handoff pass finds the hints); no replica depends on
+//! read repair or anti-entropy to learn an acknowledged update whose coordinator died. The
+//! cost is the hint puts in the update's batch and the delete batches; a hint changed by a
+//! later update of the key is kept and delivered.
 //!
 mod antientropy;
 mod coordinate;
 mod handoff;
 mod metrics;
+mod replicate;
 mod serve;
 mod shared;
 mod swim;

@@ -7,10 +7,11 @@ use bytes::Bytes;
 use shoal_storage::Store;
 use tokio::sync::{Semaphore, mpsc};
 
-use super::coordinate::{self, store_replica};
+use super::coordinate;
 use super::shared::{Shared, blocking};
 use crate::request::message::{
-    self, Forwarded, PeerRequest, PeerResponse, WireFailure, WireOutcome, record_from_wire,
+    self, Forwarded, PeerRequest, PeerResponse, ReplicaWrite, WireFailure, WireOutcome,
+    record_from_wire,
 };
 use crate::request::{Outcome, RequestError};
 use crate::transport::{IncomingRpc, OVERLOADED, Transport};
@@ -89,30 +90,7 @@ async fn serve<T: Transport, S: Store>(
         return Ok(PeerResponse::Busy);
     }
     match request {
-        PeerRequest::Replicate {
-            partition,
-            key,
-            record,
-            hint_for,
-            ..
-        } => record_from_wire(record)
-            .map_err(|e| e.to_string())
-            .and_then(|record| {
-                // A hint for ourselves would never be delivered: our data has it already.
-                let hint_for = hint_for.filter(|h| h.as_str() != shared.local.as_str());
-                store_replica(
-                    &shared.engine,
-                    partition,
-                    &key,
-                    &record,
-                    hint_for.as_deref(),
-                )?;
-                if hint_for.is_some() {
-                    shared.metrics.hint_stored();
-                }
-                Ok(())
-            })
-            .map(|()| PeerResponse::Stored),
+        PeerRequest::Replicate { writes } => store_writes(shared, writes),
         PeerRequest::DeliverHints { hints, .. } => {
             if hints.len() > message::MAX_HINTS_PER_BATCH {
                 return Err(format!("{} hints in one batch", hints.len()));
@@ -360,4 +338,49 @@ fn to_wire(e: RequestError) -> WireFailure {
         },
         message: e.to_string(),
     }
+}
+
+/// Serves a `Replicate`: merges every write that checks out in one durable write, then keeps
+/// the hints the fallback writes among them carry. A write that is refused (a damaged record,
+/// a value of another type than the key's) is named in the answer; the others are stored.
+fn store_writes<T: Transport, S: Store>(
+    shared: &Shared<T, S>,
+    writes: Vec<ReplicaWrite>,
+) -> Result<PeerResponse, String> {
+    if writes.len() > message::MAX_REPLICATE_WRITES {
+        return Err(format!("{} writes in one request", writes.len()));
+    }
+    let mut refused = Vec::new();
+    let mut items = Vec::with_capacity(writes.len());
+    let mut hints = Vec::with_capacity(writes.len());
+    for (i, write) in writes.into_iter().enumerate() {
+        match record_from_wire(write.record) {
+            Ok(record) => {
+                // A hint for ourselves would never be delivered: our data has it already.
+                let hint_for = write
+                    .hint_for
+                    .filter(|h| h.as_str() != shared.local.as_str());
+                items.push((write.partition, write.key, record));
+                hints.push((i as u32, hint_for));
+            }
+            Err(e) => refused.push((i as u32, e.to_string())),
+        }
+    }
+    let merged = blocking(|| shared.engine.merge_many(&items)).map_err(|e| e.to_string())?;
+    for (((partition, key, record), (i, hint_for)), merged) in items.iter().zip(hints).zip(merged) {
+        let stored = merged.map_err(|e| e.to_string()).and_then(|_| {
+            let Some(owner) = hint_for else {
+                return Ok(());
+            };
+            blocking(|| shared.engine.put_hint(&owner, *partition, key, record))
+                .map_err(|e| e.to_string())?;
+            shared.metrics.hint_stored();
+            Ok(())
+        });
+        if let Err(e) = stored {
+            refused.push((i, e));
+        }
+    }
+    refused.sort_by_key(|(i, _)| *i);
+    Ok(PeerResponse::Replicated { refused })
 }

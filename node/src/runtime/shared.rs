@@ -88,7 +88,7 @@ pub(crate) struct CallError {
 }
 
 impl CallError {
-    fn definite(message: impl Into<String>) -> Self {
+    pub(crate) fn definite(message: impl Into<String>) -> Self {
         Self {
             message: message.into(),
             may_have_taken_effect: false,
@@ -232,9 +232,11 @@ pub(crate) struct Shared<T: Transport, S: Store> {
     /// Targets a handoff session is delivering hints to right now.
     handoff_active: Mutex<std::collections::HashSet<MemberId>>,
     /// `(target, partition, key)` a coordinator's `Replicate` is carrying right now, with how
-    /// many: handoff leaves their hints alone meanwhile (the coordinator deletes them when the
-    /// target confirms), so an update is not sent twice after a short partition.
+    /// many: handoff leaves their hints alone meanwhile (the target's confirmation deletes
+    /// them), so an update is not sent twice after a short partition.
     replicating: Mutex<HashMap<TargetKey, usize>>,
+    /// Per peer, the coordinators' writes waiting to be replicated to it.
+    pub(crate) lanes: super::replicate::Lanes,
     /// Anti-entropy claims: partition → the peer it is being repaired with, until when (on
     /// [`now`](Self::now)'s clock). See [`ae_claim`](Self::ae_claim).
     ae_claims: Mutex<HashMap<u32, AeClaim>>,
@@ -305,6 +307,7 @@ impl<T: Transport, S: Store> Shared<T, S> {
             handoff_active: Mutex::new(std::collections::HashSet::new()),
             failed_peers: Mutex::new(std::collections::HashSet::new()),
             replicating: Mutex::new(HashMap::new()),
+            lanes: Default::default(),
             ae_claims: Mutex::new(HashMap::new()),
             hints_received: Mutex::new(None),
             hint_holds: Mutex::new(HashMap::new()),
