@@ -14,7 +14,9 @@
 //! definite failure and never sent (its hint carries it instead). A request's timeout is the
 //! latest deadline of its writes; a write whose own deadline passes meanwhile stays marked as
 //! in flight ([`Shared::set_replicating`]) until the request ends, so hinted handoff does not
-//! send it a second time.
+//! send it a second time. When the peer confirms, the coordinator's write-ahead hint of each
+//! confirmed write is deleted here, before that mark is lifted, even if the coordinator has
+//! stopped waiting: a write that lands late is not delivered again by handoff either.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
