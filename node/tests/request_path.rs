@@ -435,3 +435,71 @@ async fn a_stream_of_writes_to_one_peer_goes_in_a_few_requests() {
         }
     }
 }
+
+/// A `Replicate` whose writes include a damaged record stores the others and names the
+/// damaged one; a request with more writes than allowed is refused and stores nothing.
+#[tokio::test(start_paused = true)]
+async fn a_replicate_stores_its_good_writes_and_names_the_refused_ones() {
+    use bytes::Bytes;
+    use shoal_node::Transport;
+    use shoal_node::request::RequestId;
+    use shoal_node::request::message::{
+        MAX_REPLICATE_WRITES, PeerRequest, PeerResponse, ReplicaWrite, decode_response,
+        encode_request,
+    };
+
+    let cluster = Cluster::new(15);
+    cluster.settle().await;
+    let target = 0;
+    let (sender, _inbox) = cluster.net.add_node(shoal_node::Peer {
+        id: shoal_node::NodeId::new("sender").unwrap(),
+        addr: std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 21_010)),
+    });
+    let call = |request: PeerRequest| {
+        let (sender, to) = (sender.clone(), cluster.peer(target).clone());
+        async move {
+            sender
+                .rpc(&to, Bytes::from(encode_request(&request).unwrap()), TIMEOUT)
+                .await
+                .map(|bytes| decode_response(&bytes).unwrap())
+        }
+    };
+    let write = |key: &[u8], member: &str| {
+        let mut value = shoal_storage::Value::empty(shoal_storage::Kind::Set);
+        value
+            .apply(shoal_storage::Actor { node: 9, epoch: 1 }, &add(member))
+            .unwrap();
+        ReplicaWrite {
+            id: RequestId(1),
+            partition: cluster.primaries(key).0,
+            key: shoal_node::storage_key(KEYSPACE, key).unwrap(),
+            record: shoal_storage::Record::encode(&value)
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            hint_for: None,
+        }
+    };
+    let mut damaged = write(b"damaged", "x");
+    *damaged.record.last_mut().unwrap() ^= 1;
+    let answer = call(PeerRequest::Replicate {
+        writes: vec![write(b"good-1", "a"), damaged, write(b"good-2", "b")],
+    })
+    .await
+    .unwrap();
+    let PeerResponse::Replicated { refused } = answer else {
+        panic!("{answer:?}");
+    };
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].0, 1, "{refused:?}");
+    assert!(matches!(cluster.local_view(target, b"good-1"), Some(View::Set(s)) if s.len() == 1));
+    assert!(matches!(cluster.local_view(target, b"good-2"), Some(View::Set(s)) if s.len() == 1));
+    assert_eq!(cluster.local_view(target, b"damaged"), None);
+
+    let too_many = (0..=MAX_REPLICATE_WRITES)
+        .map(|i| write(format!("many-{i}").as_bytes(), "m"))
+        .collect();
+    let refused = call(PeerRequest::Replicate { writes: too_many }).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(cluster.local_view(target, b"many-0"), None);
+}

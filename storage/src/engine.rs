@@ -211,9 +211,9 @@ impl<S: Store> Engine<S> {
     /// [`put_hint`](Self::put_hint) does).
     ///
     /// A coordinator writes these *before* it sends the state to the other replicas and removes
-    /// each ([`remove_hints`](Self::remove_hints)) once that replica confirmed: if it crashes
-    /// in between, the hints deliver the update after it restarts, so no replica misses an
-    /// update whose coordinator died.
+    /// each ([`remove_delivered_hints`](Self::remove_delivered_hints)) once that replica
+    /// confirmed: if it crashes in between, the hints deliver the update after it restarts, so
+    /// no replica misses an update whose coordinator died.
     pub fn apply_with_hints(
         &self,
         partition: Partition,
@@ -832,32 +832,6 @@ impl<S: Store> Engine<S> {
             self.backlogs.apply(change);
         }
         Ok(deleted)
-    }
-
-    /// Deletes the hints for several targets of one key that still hold the state with hash
-    /// `delivered`, in one write (the coordinator, once those replicas confirmed). Returns how
-    /// many were deleted.
-    pub fn remove_hints(
-        &self,
-        targets: &[&str],
-        partition: Partition,
-        key: &[u8],
-        delivered: ValueHash,
-    ) -> Result<usize, StorageError> {
-        let hint_keys = targets
-            .iter()
-            .map(|target| hint_key(target, partition, key))
-            .collect::<Result<Vec<_>, _>>()?;
-        let _guard = self
-            .stripe(&data_key(partition, key)[..DATA_PREFIX_LEN])
-            .lock();
-        let mut deletes = Vec::new();
-        for hk in hint_keys {
-            if let Some(change) = self.hint_holds(&hk, delivered)? {
-                deletes.push((hk, change));
-            }
-        }
-        self.delete_hints(deletes)
     }
 
     /// The hint backlog per target node.

@@ -422,11 +422,16 @@ fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: S
         .unwrap()
         .record
         .unwrap();
-    assert_eq!(
-        e.remove_hints(&["node-b", "node-c"], 3, b"k", r1.hash())
-            .unwrap(),
-        0
-    );
+    let confirm = |hash| {
+        ["node-b", "node-c"]
+            .iter()
+            .map(|t| {
+                e.remove_delivered_hints(t, &[(3, b"k".to_vec(), hash)])
+                    .unwrap()
+            })
+            .sum::<usize>()
+    };
+    assert_eq!(confirm(r1.hash()), 0);
     assert_eq!(
         members(
             e.hints("node-c", None, 10).unwrap()[0]
@@ -437,11 +442,7 @@ fn write_ahead_hints_are_written_with_the_update_and_removed_once_confirmed<S: S
         ),
         BTreeSet::from(["a".to_string(), "b".to_string()])
     );
-    assert_eq!(
-        e.remove_hints(&["node-b", "node-c"], 3, b"k", r2.hash())
-            .unwrap(),
-        2
-    );
+    assert_eq!(confirm(r2.hash()), 2);
     assert!(e.hint_backlog().is_empty());
     // A bad target changes nothing, not even the data.
     assert!(

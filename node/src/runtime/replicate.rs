@@ -49,14 +49,6 @@ struct Queued {
     reply: Reply,
 }
 
-/// A write in a request on its way: what its answer needs.
-struct Sent {
-    partition: u32,
-    key: Vec<u8>,
-    hint: (MemberId, ValueHash),
-    reply: Reply,
-}
-
 /// `(partition, key, record hash)` of confirmed writes, for one hint owner.
 type Delivered = Vec<(u32, Vec<u8>, ValueHash)>;
 
@@ -137,17 +129,10 @@ async fn send<T: Transport, S: Store>(shared: Arc<Shared<T, S>>, to: MemberId) {
         let Some(last) = live.iter().map(|q| q.deadline).max() else {
             continue;
         };
-        let mut writes = Vec::with_capacity(live.len());
-        let mut waiting = Vec::with_capacity(live.len());
-        for q in live {
-            waiting.push(Sent {
-                partition: q.write.partition,
-                key: q.write.key.clone(),
-                hint: q.hint,
-                reply: q.reply,
-            });
-            writes.push(q.write);
-        }
+        let (writes, answers): (Vec<ReplicaWrite>, Vec<_>) = live
+            .into_iter()
+            .map(|q| (q.write, (q.hint, q.reply)))
+            .unzip();
         let count = writes.len();
         shared.metrics.replicate_sent(count);
         let request = PeerRequest::Replicate { writes };
@@ -155,9 +140,12 @@ async fn send<T: Transport, S: Store>(shared: Arc<Shared<T, S>>, to: MemberId) {
             .call(&to, &request, last - now, Class::Foreground)
             .await;
         let results = results(result, count);
-        drop_confirmed_hints(&shared, &waiting, &results);
-        for (sent, result) in waiting.into_iter().zip(results) {
-            let _ = sent.reply.send(result);
+        let PeerRequest::Replicate { writes } = request else {
+            unreachable!("built above");
+        };
+        drop_confirmed_hints(&shared, &writes, &answers, &results);
+        for ((_, reply), result) in answers.into_iter().zip(results) {
+            let _ = reply.send(result);
         }
     }
 }
@@ -166,17 +154,17 @@ async fn send<T: Transport, S: Store>(shared: Arc<Shared<T, S>>, to: MemberId) {
 /// failure: the hints are delivered again later, and merging is idempotent).
 fn drop_confirmed_hints<T: Transport, S: Store>(
     shared: &Shared<T, S>,
-    waiting: &[Sent],
+    writes: &[ReplicaWrite],
+    answers: &[((MemberId, ValueHash), Reply)],
     results: &[Result<(), CallError>],
 ) {
     let mut confirmed: HashMap<&MemberId, Delivered> = HashMap::new();
-    for (sent, result) in waiting.iter().zip(results) {
+    for ((write, ((owner, hash), _)), result) in writes.iter().zip(answers).zip(results) {
         if result.is_ok() {
-            let (owner, hash) = &sent.hint;
             confirmed
                 .entry(owner)
                 .or_default()
-                .push((sent.partition, sent.key.clone(), *hash));
+                .push((write.partition, write.key.clone(), *hash));
         }
     }
     for (owner, delivered) in confirmed {
