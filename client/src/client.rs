@@ -6,8 +6,12 @@
 //! At [`build`](ClientBuilder::build) the client fetches the routing table
 //! ([`RingInfo`]) from the first seed that answers, and refreshes it in the background once it
 //! is older than [`ClientConfig::ring_refresh`] or after a failed attempt. A node this client
-//! failed to reach (connect error, timeout, lost connection) is tried after the others for
-//! 10 s, so a node that just died costs at most one attempt per request. A request for a key
+//! failed to reach (connect error, timeout, lost connection, silence) is tried after the others
+//! for 10 s, so a node that just died costs at most one attempt per request. An attempt whose
+//! request the node has not acknowledged while it sends nothing at all is abandoned after
+//! [`ClientConfig::silence`] (300 ms) rather than at the deadline: a node that is cut off or
+//! paused costs a get 300 ms before it is asked elsewhere, and an update an unknown outcome
+//! (or, for set adds and removes, a retry elsewhere) within 300 ms. A request for a key
 //! goes to the first node of the key's preference list that the table marks live; later
 //! attempts walk the rest of the list (live nodes first, then the others). Without a table
 //! (no seed answered yet) requests go to the seeds.
@@ -63,6 +67,12 @@ pub struct ClientConfig {
     pub max_backoff: Duration,
     /// Age after which the routing table is refreshed (in the background). Default 2 s.
     pub ring_refresh: Duration,
+    /// An attempt whose request the node has not acknowledged for this long (or four round
+    /// trips, if longer), with nothing at all received from the node for the last half of it,
+    /// is abandoned: the node is cut off, paused or gone. Its outcome is unknown, so the retry rule decides what follows.
+    /// Without it such an attempt waits out the request's whole deadline. Default 300 ms;
+    /// `None` waits.
+    pub silence: Option<Duration>,
 }
 
 impl Default for ClientConfig {
@@ -76,6 +86,7 @@ impl Default for ClientConfig {
             backoff: Duration::from_millis(20),
             max_backoff: Duration::from_millis(500),
             ring_refresh: Duration::from_secs(2),
+            silence: Some(SILENCE),
         }
     }
 }
@@ -172,6 +183,11 @@ struct Inner {
 
 /// How long a node that could not be reached is tried after the others.
 const SUSPECT_FOR: Duration = Duration::from_secs(10);
+
+/// Default [`ClientConfig::silence`]. A node acknowledges a request within its maximum ACK
+/// delay (25 ms) of receiving it, so 300 ms of nothing at all is an outage, not a busy node,
+/// on any path whose round trip is well under it (longer ones get four round trips).
+const SILENCE: Duration = Duration::from_millis(300);
 
 /// A connection pool to a Shoal cluster, routing each request to a replica of its key.
 /// Cheap to clone (clones share connections and the routing table).
@@ -708,7 +724,11 @@ impl Inner {
             return Ok(conn);
         }
         let timeout = within.min(self.config.connect_timeout);
-        let conn = Arc::new(QuicClient::connect(&self.tls, addr, timeout).await?);
+        let mut conn = QuicClient::connect(&self.tls, addr, timeout).await?;
+        if let Some(silence) = self.config.silence {
+            conn = conn.give_up_when_silent(silence);
+        }
+        let conn = Arc::new(conn);
         self.conns
             .lock()
             .unwrap_or_else(|e| e.into_inner())

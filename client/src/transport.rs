@@ -5,6 +5,7 @@
 //! [`TransportError`] is shared with the node's transport: each variant says whether the
 //! request may have reached the other side ([`TransportError::may_have_taken_effect`]).
 
+use std::future::Future;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,12 @@ pub enum TransportError {
     /// The deadline passed before an answer came. The request may have been served.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The node left the request unacknowledged for this long, sending nothing at all for the
+    /// last half of it, so the request was abandoned before its deadline (see
+    /// [`QuicClient::give_up_when_silent`]). It may still have been served: the node's
+    /// acknowledgements may be what was lost.
+    #[error("node silent for {0:?} with the request unacknowledged")]
+    Silent(Duration),
     /// The connection failed after the request may have been sent. It may have been served.
     #[error("connection lost: {0}")]
     ConnectionLost(String),
@@ -79,6 +86,7 @@ impl TransportError {
         matches!(
             self,
             TransportError::Timeout(_)
+                | TransportError::Silent(_)
                 | TransportError::ConnectionLost(_)
                 | TransportError::BadResponse(_)
         )
@@ -130,6 +138,18 @@ pub async fn exchange(
         .await
         .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
     let _ = send.finish();
+    read_response(recv).await
+}
+
+/// Whether the node has acknowledged every byte of `send`'s finished request (or stopped the
+/// stream), looked at without waiting.
+fn acknowledged(send: &SendStream) -> bool {
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    std::pin::pin!(send.stopped()).poll(&mut cx).is_ready()
+}
+
+/// Reads the response frame of a request.
+async fn read_response(recv: &mut RecvStream) -> Result<Bytes, TransportError> {
     match read_frame(recv, MAX_FRAME_LEN).await {
         Ok((FrameKind::Response, payload)) => Ok(Bytes::from(payload)),
         Ok((FrameKind::Error, reason)) => Err(TransportError::Rejected(
@@ -169,6 +189,8 @@ pub struct QuicClient {
     endpoint: quinn::Endpoint,
     conn: Connection,
     node: NodeId,
+    /// See [`give_up_when_silent`](Self::give_up_when_silent).
+    silence: Option<Duration>,
 }
 
 impl QuicClient {
@@ -205,7 +227,21 @@ impl QuicClient {
             endpoint,
             conn,
             node,
+            silence: None,
         })
+    }
+
+    /// Makes [`rpc`](Self::rpc) abandon a request, with [`TransportError::Silent`], once the
+    /// node has left it unacknowledged for `after` (or four smoothed round trips, if longer)
+    /// and sent nothing at all on the connection for the last half of that: a node that is
+    /// cut off, paused or gone. A node that has
+    /// acknowledged the request is waited for until the deadline, however long it takes to
+    /// answer, and one that keeps sending (a large request being acknowledged piece by piece)
+    /// is not silent. Without this, a request to a silent node waits out its whole deadline,
+    /// since the QUIC connection looks alive until its idle timeout.
+    pub fn give_up_when_silent(mut self, after: Duration) -> Self {
+        self.silence = Some(after);
+        self
     }
 
     /// The node this client is connected to, as its certificate names it.
@@ -228,10 +264,43 @@ impl QuicClient {
                 .open_bi()
                 .await
                 .map_err(|e| unreachable(&self.node, e))?;
-            exchange(&mut send, &mut recv, &request).await
+            let Some(silence) = self.silence else {
+                return exchange(&mut send, &mut recv, &request).await;
+            };
+            write_frame(&mut send, FrameKind::Request, &request)
+                .await
+                .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
+            let _ = send.finish();
+            let mut response = std::pin::pin!(read_response(&mut recv));
+            // A request answered within half the limit costs nothing more than this wait.
+            let mut wait = silence / 2;
+            // Datagrams received by the previous check.
+            let mut heard = None;
+            loop {
+                if let Ok(answer) = tokio::time::timeout(wait, &mut response).await {
+                    return answer;
+                }
+                if acknowledged(&send) {
+                    return response.await;
+                }
+                let now_heard = self.datagrams_received();
+                wait = silence.max(self.conn.rtt() * 4) / 2;
+                if heard == Some(now_heard) {
+                    break;
+                }
+                heard = Some(now_heard);
+            }
+            // Stop QUIC from retransmitting it; the outcome is unknown.
+            let _ = send.reset(VarInt::from_u32(0));
+            Err(TransportError::Silent(wait * 2))
         })
         .await
         .map_err(|_| TransportError::Timeout(timeout))?
+    }
+
+    /// UDP datagrams received on the connection so far.
+    fn datagrams_received(&self) -> u64 {
+        self.conn.stats().udp_rx.datagrams
     }
 
     /// Closes the connection and waits briefly for the close to be sent.

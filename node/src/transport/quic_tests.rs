@@ -476,3 +476,50 @@ async fn a_loaded_connection_speaks_again_after_a_cut() {
     );
     b.shutdown().await;
 }
+
+/// A client set to give up on a silent node abandons a request the node never acknowledged
+/// (the path is cut) with `Silent`, long before its deadline, but waits for a node that
+/// acknowledged the request and answers late, and for a large request acknowledged piece by
+/// piece.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gives_up_on_a_silent_node_not_on_a_slow_one() {
+    let ca = ClusterCa::generate().unwrap();
+    let (a, _a_inbox, mut clients) = bind_node(&ca, &node_id(0)).await;
+    tokio::spawn(async move {
+        while let Some(rpc) = clients.rpcs.recv().await {
+            tokio::spawn(async move {
+                if rpc.request.as_ref() == b"slow" {
+                    // Longer than the silence limit, with nothing sent meanwhile.
+                    tokio::time::sleep(Duration::from_millis(1500)).await;
+                }
+                let answer = format!("{} bytes", rpc.request.len());
+                rpc.respond(Bytes::from(answer));
+            });
+        }
+    });
+    let relay = crate::transport::relay::CutRelay::bind(a.local().addr)
+        .await
+        .unwrap();
+    let silence = Duration::from_millis(300);
+    let client = QuicClient::connect(&client_material(&ca, "app"), relay.addr(), PATIENCE)
+        .await
+        .unwrap()
+        .give_up_when_silent(silence);
+
+    let answer = client.rpc(Bytes::from("slow"), PATIENCE).await.unwrap();
+    assert_eq!(answer, "4 bytes");
+    let big = Bytes::from(vec![7u8; 2 << 20]);
+    let answer = client.rpc(big, PATIENCE).await.unwrap();
+    assert_eq!(answer, format!("{} bytes", 2 << 20));
+
+    relay.set_cut(true);
+    // The deadline is PATIENCE; only the silence rule ends the attempt as `Silent`.
+    let err = client.rpc(Bytes::from("x"), PATIENCE).await.unwrap_err();
+    assert!(matches!(err, TransportError::Silent(_)), "{err}");
+    assert!(err.may_have_taken_effect());
+    relay.set_cut(false);
+    let answer = client.rpc(Bytes::from("again"), PATIENCE).await.unwrap();
+    assert_eq!(answer, "5 bytes");
+    client.close().await;
+    a.shutdown().await;
+}
