@@ -228,9 +228,20 @@ pub struct Op {
 pub struct History {
     /// Every operation, in invocation order.
     pub ops: Vec<Op>,
+    /// How the operations that did not succeed ended: "failed: " or "unknown: " and the
+    /// client's error with each run of digits replaced by `#`, and how many ended so.
+    pub errors: std::collections::BTreeMap<String, usize>,
 }
 
 impl History {
+    /// The most frequent entries of [`errors`](Self::errors), most frequent first.
+    pub fn top_errors(&self, n: usize) -> Vec<(&str, usize)> {
+        let mut all: Vec<_> = self.errors.iter().map(|(e, c)| (e.as_str(), *c)).collect();
+        all.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+        all.truncate(n);
+        all
+    }
+
     /// Operations by result: (ok, fail, unknown).
     pub fn counts(&self) -> (usize, usize, usize) {
         let count = |r| self.ops.iter().filter(|o| o.result == r).count();
@@ -240,6 +251,20 @@ impl History {
             count(OpResult::Unknown),
         )
     }
+}
+
+/// `outcome` and `error`'s message with each run of digits replaced by one `#`, so that
+/// errors that differ only in addresses, times and counts are counted together.
+fn error_kind(outcome: &str, error: &impl std::fmt::Display) -> String {
+    let mut kind = format!("{outcome}: ");
+    for c in error.to_string().chars() {
+        if !c.is_ascii_digit() {
+            kind.push(c);
+        } else if !kind.ends_with('#') {
+            kind.push('#');
+        }
+    }
+    kind
 }
 
 /// Settings of a workload run.
@@ -344,17 +369,25 @@ impl RunningWorkload {
                                     ("1".to_owned(), r.map(|_| ()))
                                 }
                             };
-                            let result = match result {
-                                Ok(()) => OpResult::Ok,
-                                Err(e) if e.outcome() == Outcome::Unknown => OpResult::Unknown,
-                                Err(_) => OpResult::Fail,
+                            let (result, error) = match result {
+                                Ok(()) => (OpResult::Ok, None),
+                                Err(e) if e.outcome() == Outcome::Unknown => {
+                                    (OpResult::Unknown, Some(error_kind("unknown", &e)))
+                                }
+                                Err(e) => (OpResult::Fail, Some(error_kind("failed", &e))),
                             };
-                            history.lock().unwrap().ops.push(Op {
-                                key,
-                                value,
-                                invoked,
-                                result,
-                            });
+                            {
+                                let mut history = history.lock().unwrap();
+                                if let Some(error) = error {
+                                    *history.errors.entry(error).or_default() += 1;
+                                }
+                                history.ops.push(Op {
+                                    key,
+                                    value,
+                                    invoked,
+                                    result,
+                                });
+                            }
                             tokio::time::sleep(config.pause).await;
                         }
                     }));
@@ -541,6 +574,29 @@ mod tests {
     }
 
     #[test]
+    fn errors_differing_only_in_numbers_count_together() {
+        let mut history = History::default();
+        for e in [
+            "no answer within 5s from 10.0.0.1:7",
+            "no answer within 2s from 10.0.0.2:8",
+        ] {
+            *history.errors.entry(error_kind("unknown", &e)).or_default() += 1;
+        }
+        *history
+            .errors
+            .entry(error_kind("failed", &"refused"))
+            .or_default() += 1;
+        assert_eq!(
+            history.top_errors(5),
+            vec![
+                ("unknown: no answer within #s from #.#.#.#:#", 2),
+                ("failed: refused", 1)
+            ]
+        );
+        assert_eq!(history.top_errors(1).len(), 1);
+    }
+
+    #[test]
     fn set_checker_finds_lost_invented_and_divergent() {
         let history = History {
             ops: vec![
@@ -548,6 +604,7 @@ mod tests {
                 op(0, "b", OpResult::Unknown),
                 op(0, "c", OpResult::Fail),
             ],
+            ..History::default()
         };
         let good = read(
             0,
@@ -575,6 +632,7 @@ mod tests {
                 op(1, "1", OpResult::Unknown),
                 op(1, "1", OpResult::Fail),
             ],
+            ..History::default()
         };
         for ok in [2, 3] {
             assert!(

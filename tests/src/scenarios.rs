@@ -224,6 +224,9 @@ fn print_report(report: &Report, history: &History) {
             format!("FAIL: {:?}", report.problems)
         }
     );
+    for (error, count) in history.top_errors(5) {
+        println!("chaos:   {count} × {error}");
+    }
 }
 
 /// Waits until every node is alive and on one ring, no hints are held, and every key's
