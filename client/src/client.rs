@@ -69,9 +69,9 @@ pub struct ClientConfig {
     pub ring_refresh: Duration,
     /// An attempt whose request the node has not acknowledged for this long (or four round
     /// trips, if longer), with nothing at all received from the node for the last half of it,
-    /// is abandoned: the node is cut off, paused or gone. Its outcome is unknown, so the retry rule decides what follows.
-    /// Without it such an attempt waits out the request's whole deadline. Default 300 ms;
-    /// `None` waits.
+    /// is abandoned: the node is cut off, paused or gone. Its outcome is unknown, so the retry
+    /// rule decides what follows. With `None` such an attempt waits out the request's whole
+    /// deadline. Default 300 ms.
     pub silence: Option<Duration>,
 }
 

@@ -134,11 +134,17 @@ pub async fn exchange(
     recv: &mut RecvStream,
     request: &[u8],
 ) -> Result<Bytes, TransportError> {
+    send_request(send, request).await?;
+    read_response(recv).await
+}
+
+/// Writes one request frame and finishes the stream.
+async fn send_request(send: &mut SendStream, request: &[u8]) -> Result<(), TransportError> {
     write_frame(send, FrameKind::Request, request)
         .await
         .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
     let _ = send.finish();
-    read_response(recv).await
+    Ok(())
 }
 
 /// Whether the node has acknowledged every byte of `send`'s finished request (or stopped the
@@ -234,10 +240,9 @@ impl QuicClient {
     /// Makes [`rpc`](Self::rpc) abandon a request, with [`TransportError::Silent`], once the
     /// node has left it unacknowledged for `after` (or four smoothed round trips, if longer)
     /// and sent nothing at all on the connection for the last half of that: a node that is
-    /// cut off, paused or gone. A node that has
-    /// acknowledged the request is waited for until the deadline, however long it takes to
-    /// answer, and one that keeps sending (a large request being acknowledged piece by piece)
-    /// is not silent. Without this, a request to a silent node waits out its whole deadline,
+    /// cut off, paused or gone. A node that has acknowledged the request is waited for until
+    /// the deadline, however long it takes to answer, and one that keeps sending (a large
+    /// request being acknowledged piece by piece) is not silent. Without this, a request to a silent node waits out its whole deadline,
     /// since the QUIC connection looks alive until its idle timeout.
     pub fn give_up_when_silent(mut self, after: Duration) -> Self {
         self.silence = Some(after);
@@ -267,10 +272,7 @@ impl QuicClient {
             let Some(silence) = self.silence else {
                 return exchange(&mut send, &mut recv, &request).await;
             };
-            write_frame(&mut send, FrameKind::Request, &request)
-                .await
-                .map_err(|e| TransportError::ConnectionLost(e.to_string()))?;
-            let _ = send.finish();
+            send_request(&mut send, &request).await?;
             let mut response = std::pin::pin!(read_response(&mut recv));
             // A request answered within half the limit costs nothing more than this wait.
             let mut wait = silence / 2;

@@ -577,8 +577,8 @@ mod tests {
     fn errors_differing_only_in_numbers_count_together() {
         let mut history = History::default();
         for e in [
-            "no answer within 5s from 10.0.0.1:7",
-            "no answer within 2s from 10.0.0.2:8",
+            "no answer within 5s from 127.0.0.1:7",
+            "no answer within 20s from 127.0.0.2:8",
         ] {
             *history.errors.entry(error_kind("unknown", &e)).or_default() += 1;
         }
