@@ -209,23 +209,6 @@ async fn large_values_move_in_batches_that_fit_a_message() {
     eventually(LIMIT, || complete(&cluster)).await;
 }
 
-/// Message bytes of `kind` every running node has sent peers so far.
-fn peer_bytes_sent(cluster: &Cluster, kind: &str) -> f64 {
-    let series = format!("shoal_peer_bytes_sent_total{{kind=\"{kind}\"}}");
-    cluster
-        .up()
-        .iter()
-        .map(|&i| {
-            let text = cluster.node(i).render_metrics();
-            text.lines()
-                .find(|l| l.starts_with(&series))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        })
-        .sum()
-}
-
 #[tokio::test(start_paused = true)]
 async fn one_differing_partition_costs_group_summaries_not_every_root() {
     // 256 partitions over 5 nodes: two nodes share about 77, more than one roots answer
@@ -236,9 +219,9 @@ async fn one_differing_partition_costs_group_summaries_not_every_root() {
     assert!(healed(&cluster));
     // The roots bytes of the idle rounds in a stretch of time, for comparison.
     let stretch = Duration::from_secs(20);
-    let before = peer_bytes_sent(&cluster, "ae_roots");
+    let before = cluster.peer_bytes("sent", "ae_roots");
     tokio::time::sleep(stretch).await;
-    let idle = peer_bytes_sent(&cluster, "ae_roots") - before;
+    let idle = cluster.peer_bytes("sent", "ae_roots") - before;
 
     // One replica alone gets a new element of one key, as if its replication was lost.
     let (partition, primaries) = cluster.primaries(&key(0));
@@ -246,7 +229,7 @@ async fn one_differing_partition_costs_group_summaries_not_every_root() {
     cluster.engines[primaries[0]]
         .apply(partition, &skey, &add("only-here"))
         .unwrap();
-    let before = peer_bytes_sent(&cluster, "ae_roots");
+    let before = cluster.peer_bytes("sent", "ae_roots");
     let started = tokio::time::Instant::now();
     eventually(LIMIT, || {
         primaries
@@ -256,7 +239,7 @@ async fn one_differing_partition_costs_group_summaries_not_every_root() {
     .await;
     assert!(started.elapsed() < stretch, "repaired within the stretch");
     tokio::time::sleep_until(started + stretch).await;
-    let repair = peer_bytes_sent(&cluster, "ae_roots") - before;
+    let repair = cluster.peer_bytes("sent", "ae_roots") - before;
     // Two comparisons at least find the difference (the replica that has it with each of the
     // other two); each would carry about 77 roots of 17 bytes if every root were sent.
     let every_root = 77.0 * 17.0;

@@ -503,3 +503,25 @@ async fn a_replicate_stores_its_good_writes_and_names_the_refused_ones() {
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(cluster.local_view(target, b"many-0"), None);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_message_byte_is_counted_by_its_sender_and_by_its_receiver() {
+    let cluster = Cluster::new(15);
+    until_all_met(&cluster).await;
+    for i in 0..40 {
+        let key = format!("counted-{i}");
+        let via = cluster.node(i % NODES);
+        via.update(KEYSPACE, key.as_bytes(), add("x"), 2, TIMEOUT)
+            .await
+            .unwrap();
+        // A read through a node that is not a replica is forwarded; R = 3 reads every replica.
+        via.get(KEYSPACE, key.as_bytes(), 3, TIMEOUT).await.unwrap();
+    }
+    cluster.settle().await;
+    for kind in ["replicate", "read", "forward_update", "forward_get"] {
+        let sent = cluster.peer_bytes("sent", kind);
+        let received = cluster.peer_bytes("received", kind);
+        assert!(sent > 0.0, "{kind}: some bytes sent");
+        assert_eq!(sent, received, "{kind}: every byte sent arrived once");
+    }
+}

@@ -20,9 +20,11 @@
 //!
 //! Bytes are counted twice: on the wire (the iptables counter: UDP payloads, so QUIC and TLS
 //! framing, acknowledgements and retransmissions included, less the idle rate), and as the
-//! nodes' own message bytes by kind (`shoal_peer_bytes_sent_total`, scraped from every node
+//! nodes' own message bytes by kind (`shoal_peer_bytes_received_total`, scraped from every node
 //! before and after: SWIM, hints, anti-entropy steps, replication), which says where the bytes
-//! went.
+//! went. Message bytes are counted by their receiver when they arrive whole, so a `Replicate`
+//! sent into the cut and retransmitted by QUIC after the heal counts in the window it arrives
+//! in (counted by the sender, it fell before the heal and the partition rows missed it).
 //!
 //! For each: time to converge next to the floor (detection, measured as the time until every
 //! node sees n3 alive, plus one anti-entropy interval, plus the minimum bytes at the measured
@@ -164,7 +166,8 @@ struct Measured {
     detection: f64,
     bytes: f64,
     raw_bytes: f64,
-    /// Message bytes the nodes sent each other, by kind (`shoal_peer_bytes_sent_total`).
+    /// Message bytes the nodes received from each other, by kind
+    /// (`shoal_peer_bytes_received_total`).
     by_kind: BTreeMap<String, f64>,
     /// UDP datagrams the namespace's kernel dropped for a full socket buffer.
     udp_drops: u64,
@@ -223,10 +226,10 @@ fn udp_drops(ns: &Netns) -> u64 {
         .sum()
 }
 
-/// Message bytes every node sent its peers so far, by kind, summed over the nodes (a node
-/// that is down counts nothing: its counters start again at its restart).
+/// Message bytes every node received whole from its peers so far, by kind, summed over the
+/// nodes (a node that is down counts nothing: its counters start again at its restart).
 fn traffic_by_kind(cluster: &DevCluster) -> BTreeMap<String, f64> {
-    const SERIES: &str = "shoal_peer_bytes_sent_total{kind=\"";
+    const SERIES: &str = "shoal_peer_bytes_received_total{kind=\"";
     let mut total = BTreeMap::new();
     for i in 0..cluster.nodes().len() {
         let Ok((200, page)) = http_get(cluster.admin(i), "/metrics") else {
@@ -437,8 +440,8 @@ impl Bench<'_> {
         let pids: Vec<i32> = ["n1", "n2", "n3"].iter().map(|n| self.pid(n)).collect();
         let cpu = || pids.iter().map(|&p| cpu_seconds(p)).collect::<Vec<f64>>();
         let (mut cpu_running, mut cpu_paused) = (vec![0.0; 3], vec![0.0; 3]);
-        // Peer message bytes by kind sent in each kind of window.
-        let (mut sent_running, mut sent_paused) = (BTreeMap::new(), BTreeMap::new());
+        // Peer message bytes by kind received in each kind of window.
+        let (mut msg_running, mut msg_paused) = (BTreeMap::new(), BTreeMap::new());
         for _ in 0..FOREGROUND_QUADS {
             for is_running in [true, false, false, true] {
                 admin(if is_running {
@@ -447,27 +450,27 @@ impl Bench<'_> {
                     "/anti-entropy/pause"
                 });
                 let (before, cpu_before) = (restored(), cpu());
-                let sent_before = traffic_by_kind(self.cluster);
+                let msg_before = traffic_by_kind(self.cluster);
                 let rate = read_rate(&self.client, keys, FOREGROUND_WINDOW).await;
                 let moved = (restored() - before).max(0.0);
-                let (restored_kind, cpu_kind, sent_kind, rates) = if is_running {
+                let (restored_kind, cpu_kind, msg_kind, rates) = if is_running {
                     (
                         &mut restored_running,
                         &mut cpu_running,
-                        &mut sent_running,
+                        &mut msg_running,
                         &mut running,
                     )
                 } else {
                     (
                         &mut restored_paused,
                         &mut cpu_paused,
-                        &mut sent_paused,
+                        &mut msg_paused,
                         &mut paused,
                     )
                 };
                 for (kind, bytes) in traffic_by_kind(self.cluster) {
-                    let delta = bytes - sent_before.get(&kind).copied().unwrap_or(0.0);
-                    *sent_kind.entry(kind).or_insert(0.0) += delta.max(0.0);
+                    let delta = bytes - msg_before.get(&kind).copied().unwrap_or(0.0);
+                    *msg_kind.entry(kind).or_insert(0.0) += delta.max(0.0);
                 }
                 rates.push(rate);
                 *restored_kind += moved;
@@ -500,8 +503,8 @@ impl Bench<'_> {
             "keys_restored_paused": restored_paused,
             "node_cpu_seconds_running": cpu_running.iter().map(|c| round(*c)).collect::<Vec<_>>(),
             "node_cpu_seconds_paused": cpu_paused.iter().map(|c| round(*c)).collect::<Vec<_>>(),
-            "message_bytes_running": sent_running,
-            "message_bytes_paused": sent_paused,
+            "message_bytes_running": msg_running,
+            "message_bytes_paused": msg_paused,
         });
         progress(&result.to_string());
         result

@@ -254,7 +254,8 @@ fn wait_converged(cluster: &DevCluster, workload: Workload, keys: usize) -> Resu
                 "not converged {QUIET_LIMIT:?} after the heal; last status: {status:?}"
             ));
         }
-        std::thread::sleep(Duration::from_secs(1));
+        // Polled often so the report's time to converge is not rounded up to whole seconds.
+        std::thread::sleep(Duration::from_millis(250));
     }
 }
 

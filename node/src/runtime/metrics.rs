@@ -17,7 +17,8 @@
 //! | `hints_stored_total`, `hints_delivered_total`, `read_repairs_total` | | |
 //! | `store_keys`, `store_bytes` | | the store's estimates |
 //! | `rpc_errors_total` | `peer`, `kind` (busy, unreachable, timeout, connection_lost, rejected, bad_response, other) | failed peer RPCs |
-//! | `peer_bytes_sent_total` | `kind` (swim, or the RPC: replicate, read, deliver_hints, forward_update, forward_get, pull_cluster, ae_roots, ae_hashes, ae_leaf_keys, ae_fetch, ae_push) | message bytes this node sent peers: SWIM datagrams, the requests it made and the responses it gave (so each byte between nodes is counted once, by its sender; transport framing, QUIC and TLS not included) |
+//! | `peer_bytes_sent_total` | `kind` (swim, or the RPC: replicate, read, deliver_hints, forward_update, forward_get, pull_cluster, ae_roots, ae_hashes, ae_leaf_keys, ae_fetch, ae_push) | message bytes this node sent peers: SWIM datagrams, the requests it made and the responses it gave (so each byte between nodes is counted once, by its sender, when it is handed to the transport; transport framing, QUIC and TLS not included) |
+//! | `peer_bytes_received_total` | `kind` (as above) | message bytes this node received from peers, counted when they arrive whole: SWIM datagrams, the requests it decoded and the responses to its own requests (a message lost in a partition and retransmitted by QUIC after it is counted here when it finally arrives, by its receiver) |
 //! | `replicate_requests_total`, `replicate_writes_total` | | `Replicate` requests this node's coordinators sent and the writes they carried (writes to one peer made while earlier ones are in flight go together) |
 //! | `peer_queue_depth` | `peer`, `class` (foreground, background) | RPCs in flight or waiting per peer |
 //! | `in_flight_requests` | | coordinators running |
@@ -112,6 +113,7 @@ pub(crate) struct Metrics {
     /// The sum of `rpc_errors` (not exported: Prometheus sums the family itself).
     rpc_error_total: Counter,
     peer_bytes: Family<KindLabels, Counter>,
+    peer_bytes_received: Family<KindLabels, Counter>,
     pub(crate) members: Family<StateLabels, Gauge>,
     pub(crate) hint_keys: Family<TargetLabels, Gauge>,
     pub(crate) hint_oldest: Family<TargetLabels, Gauge<f64, AtomicU64>>,
@@ -144,6 +146,7 @@ impl Default for Metrics {
             rpc_errors: Family::default(),
             rpc_error_total: Counter::default(),
             peer_bytes: Family::default(),
+            peer_bytes_received: Family::default(),
             members: Family::default(),
             hint_keys: Family::default(),
             hint_oldest: Family::default(),
@@ -226,6 +229,11 @@ impl Default for Metrics {
             "peer_bytes_sent",
             "Message bytes sent to peers by kind (SWIM, or the RPC a request or response belongs to)",
             m.peer_bytes.clone(),
+        );
+        r.register(
+            "peer_bytes_received",
+            "Message bytes received from peers by kind, counted on arrival",
+            m.peer_bytes_received.clone(),
         );
         r.register(
             "members",
@@ -385,7 +393,6 @@ impl Metrics {
         }
     }
 
-    /// A peer RPC to `peer` failed with `kind`.
     /// `bytes` of a message of `kind` sent to a peer.
     pub(crate) fn peer_bytes_sent(&self, kind: &'static str, bytes: usize) {
         self.peer_bytes
@@ -393,6 +400,14 @@ impl Metrics {
             .inc_by(bytes as u64);
     }
 
+    /// `bytes` of a message of `kind` received whole from a peer.
+    pub(crate) fn peer_bytes_received(&self, kind: &'static str, bytes: usize) {
+        self.peer_bytes_received
+            .get_or_create(&KindLabels { kind })
+            .inc_by(bytes as u64);
+    }
+
+    /// A peer RPC to `peer` failed with `kind`.
     pub(crate) fn rpc_error(&self, peer: &str, kind: &'static str) {
         self.rpc_error_total.inc();
         self.rpc_errors

@@ -41,6 +41,7 @@ async fn handle<T: Transport, S: Store>(shared: &Arc<Shared<T, S>>, rpc: Incomin
         Err(e) => return rpc.reject(format!("malformed request: {e}")),
     };
     let (id, kind) = (request.id(), request.kind());
+    shared.metrics.peer_bytes_received(kind, rpc.request.len());
     tracing::Span::current().record("request", tracing::field::display(id));
     let answer = if matches!(
         request,

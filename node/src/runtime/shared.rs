@@ -846,6 +846,8 @@ impl<T: Transport, S: Store> Shared<T, S> {
                 };
                 (kind, CallError::from(e))
             })?;
+        self.metrics
+            .peer_bytes_received(request.kind(), response.len());
         message::decode_response(&response).map_err(|e| {
             (
                 "bad_response",

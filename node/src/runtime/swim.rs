@@ -147,6 +147,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
             }
             datagram = datagrams.recv() => {
                 let Some(datagram) = datagram else { return };
+                shared.metrics.peer_bytes_received("swim", datagram.payload.len());
                 if let Err(e) = swim.handle_message(datagram.from.addr, &datagram.payload, shared.now()) {
                     tracing::debug!(from = %datagram.from.id, error = %e, "bad SWIM datagram");
                 }

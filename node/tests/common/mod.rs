@@ -107,6 +107,23 @@ impl Cluster {
         self.nodes[i].clone().expect("node is up")
     }
 
+    /// Message bytes of `kind` the running nodes have `"sent"` peers (or `"received"` from
+    /// them) so far: the sum of their `shoal_peer_bytes_{direction}_total` series.
+    pub fn peer_bytes(&self, direction: &str, kind: &str) -> f64 {
+        let series = format!("shoal_peer_bytes_{direction}_total{{kind=\"{kind}\"}}");
+        self.up()
+            .iter()
+            .map(|&i| {
+                let text = self.node(i).render_metrics();
+                text.lines()
+                    .find(|l| l.starts_with(&series))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .sum()
+    }
+
     /// Primaries of `key` (indexes) and its partition.
     pub fn primaries(&self, key: &[u8]) -> (u32, Vec<usize>) {
         let node = self.node(self.up()[0]);
