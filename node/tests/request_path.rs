@@ -525,3 +525,64 @@ async fn every_message_byte_is_counted_by_its_sender_and_by_its_receiver() {
         assert_eq!(sent, received, "{kind}: every byte sent arrived once");
     }
 }
+
+/// A handoff pass that fails while its target is alive is tried again soon, not at the next
+/// periodic pass: here the periodic pass is an hour away, anti-entropy is off and nothing else
+/// calls the target, so only the retry can deliver the hint.
+#[tokio::test(start_paused = true)]
+async fn a_failed_handoff_pass_to_a_live_target_is_retried_soon() {
+    let mut cluster = Cluster::with_config(16, |c| {
+        c.handoff_interval = Duration::from_secs(3600);
+        c.anti_entropy = false;
+    });
+    let key = b"retried";
+    let (_, primaries) = cluster.primaries(key);
+    let (coordinator, target) = (primaries[0], primaries[1]);
+    until_all_met(&cluster).await;
+    cluster.crash(target);
+    until_seen(&cluster, target, false).await;
+    cluster
+        .node(coordinator)
+        .update(KEYSPACE, key, add("x"), 2, TIMEOUT)
+        .await
+        .unwrap();
+    let target_id = cluster.peer(target).id.as_str().to_owned();
+    let held = |c: &Cluster| {
+        c.up()
+            .iter()
+            .map(|&i| {
+                c.node(i)
+                    .hint_backlog()
+                    .get(&target_id)
+                    .map_or(0, |h| h.keys)
+            })
+            .sum::<u64>()
+    };
+    assert!(held(&cluster) > 0, "the dead target is owed hints");
+    // The target returns, but the nodes holding its hints cannot reach it: the pass its
+    // return starts on each of them fails.
+    let holders: Vec<usize> = cluster
+        .up()
+        .into_iter()
+        .filter(|&i| cluster.node(i).hint_backlog().contains_key(&target_id))
+        .collect();
+    let b = cluster.peer(target).id.clone();
+    for &h in &holders {
+        let a = cluster.peer(h).id.clone();
+        cluster.net.cut_link(&a, &b);
+        cluster.net.cut_link(&b, &a);
+    }
+    let errors = |c: &Cluster| -> u64 {
+        holders
+            .iter()
+            .map(|&h| c.node(h).metrics().rpc_errors)
+            .sum()
+    };
+    let failed_before = errors(&cluster);
+    cluster.start(target);
+    until_seen(&cluster, target, true).await;
+    eventually(Duration::from_secs(60), || errors(&cluster) > failed_before).await;
+    cluster.net.heal();
+    eventually(Duration::from_secs(60), || held(&cluster) == 0).await;
+    assert!(matches!(cluster.local_view(target, key), Some(View::Set(s)) if s.len() == 1));
+}

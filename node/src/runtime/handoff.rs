@@ -22,6 +22,8 @@ pub(crate) async fn run<T: Transport, S: Store>(
     mut wake: mpsc::Receiver<MemberId>,
 ) {
     let mut sessions: HashMap<MemberId, HandoffSession> = HashMap::new();
+    // Consecutive failed passes per target, for the retry backoff.
+    let mut failures: HashMap<MemberId, u32> = HashMap::new();
     let (tx, mut delivered) = mpsc::unbounded_channel::<Delivery>();
     let mut tick = tokio::time::interval(shared.config.handoff_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -55,7 +57,7 @@ pub(crate) async fn run<T: Transport, S: Store>(
             }
         }
         for target in touched {
-            pump(&shared, &mut sessions, &target, &tx);
+            pump(&shared, &mut sessions, &mut failures, &target, &tx);
         }
     }
 }
@@ -82,6 +84,7 @@ fn start<T: Transport, S: Store>(
 fn pump<T: Transport, S: Store>(
     shared: &Arc<Shared<T, S>>,
     sessions: &mut HashMap<MemberId, HandoffSession>,
+    failures: &mut HashMap<MemberId, u32>,
     target: &MemberId,
     tx: &mpsc::UnboundedSender<Delivery>,
 ) {
@@ -127,13 +130,27 @@ fn pump<T: Transport, S: Store>(
     }
     if session.is_finished() {
         tracing::debug!(%target, delivered = session.delivered(), skipped = session.skipped(), failed = session.failed(), "handoff pass done");
-        if session.skipped() > 0 && !session.failed() {
-            // Look again once those replications are answered: if one failed, its hint is
-            // still here to deliver.
+        let retry = if session.failed() {
+            // A target that stays alive gets no other wake-up (SWIM saw no change), and
+            // once requests stop nothing calls it: retry soon, backing off to the
+            // periodic pass, rather than leave its hints for a whole interval.
+            let n = failures.entry(target.clone()).or_insert(0);
+            *n += 1;
+            Some(retry_delay(*n, shared.config.handoff_interval))
+        } else {
+            failures.remove(target);
+            // Look again once the skipped replications are answered: if one failed, its
+            // hint is still here to deliver.
+            (session.skipped() > 0).then_some(Duration::from_secs(1))
+        };
+        if let Some(delay) = retry {
             let (shared2, target2) = (shared.clone(), target.clone());
             shared.spawn(async move {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let _ = shared2.handoff_wake.try_send(target2);
+                tokio::time::sleep(delay).await;
+                // A target SWIM holds dead is woken by its return instead.
+                if shared2.is_live(&target2) {
+                    let _ = shared2.handoff_wake.try_send(target2);
+                }
             });
         }
         sessions.remove(target);
@@ -171,4 +188,26 @@ fn deliver<T: Transport, S: Store>(
             .is_ok_and(|r| matches!(r, crate::request::PeerResponse::Stored));
         let _ = tx.send((target, batch, ok));
     });
+}
+
+/// How long after its `failures`-th failed pass in a row a target is tried again: 1 s,
+/// doubling, at most the periodic `interval`.
+fn retry_delay(failures: u32, interval: Duration) -> Duration {
+    let doubled = Duration::from_secs(1).saturating_mul(1 << failures.saturating_sub(1).min(16));
+    doubled.min(interval)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_target_is_retried_sooner_than_the_periodic_pass_then_backs_off_to_it() {
+        let interval = Duration::from_secs(10);
+        let delays: Vec<u64> = (1..=6)
+            .map(|n| retry_delay(n, interval).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(retry_delay(u32::MAX, interval), interval);
+    }
 }
