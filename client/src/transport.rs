@@ -242,8 +242,9 @@ impl QuicClient {
     /// and sent nothing at all on the connection for the last half of that: a node that is
     /// cut off, paused or gone. A node that has acknowledged the request is waited for until
     /// the deadline, however long it takes to answer, and one that keeps sending (a large
-    /// request being acknowledged piece by piece) is not silent. Without this, a request to a silent node waits out its whole deadline,
-    /// since the QUIC connection looks alive until its idle timeout.
+    /// request being acknowledged piece by piece) is not silent. Without this, a request to a
+    /// silent node waits out its whole deadline, since the QUIC connection looks alive until
+    /// its idle timeout.
     pub fn give_up_when_silent(mut self, after: Duration) -> Self {
         self.silence = Some(after);
         self

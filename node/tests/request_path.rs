@@ -91,12 +91,7 @@ async fn a_fallback_keeps_a_hint_until_the_primary_is_back() {
         .await
         .unwrap();
     assert_eq!(ack.acks, 3);
-    let down_id = cluster.peer(down).id.as_str().to_owned();
-    let holders: Vec<usize> = cluster
-        .up()
-        .into_iter()
-        .filter(|&i| cluster.node(i).hint_backlog().contains_key(&down_id))
-        .collect();
+    let holders = cluster.hint_holders(down);
     assert_eq!(holders.len(), 1, "one fallback holds the hint");
     assert!(!primaries.contains(&holders[0]));
     // The fallback serves reads too.
@@ -546,26 +541,10 @@ async fn a_failed_handoff_pass_to_a_live_target_is_retried_soon() {
         .update(KEYSPACE, key, add("x"), 2, TIMEOUT)
         .await
         .unwrap();
-    let target_id = cluster.peer(target).id.as_str().to_owned();
-    let held = |c: &Cluster| {
-        c.up()
-            .iter()
-            .map(|&i| {
-                c.node(i)
-                    .hint_backlog()
-                    .get(&target_id)
-                    .map_or(0, |h| h.keys)
-            })
-            .sum::<u64>()
-    };
-    assert!(held(&cluster) > 0, "the dead target is owed hints");
     // The target returns, but the nodes holding its hints cannot reach it: the pass its
     // return starts on each of them fails.
-    let holders: Vec<usize> = cluster
-        .up()
-        .into_iter()
-        .filter(|&i| cluster.node(i).hint_backlog().contains_key(&target_id))
-        .collect();
+    let holders = cluster.hint_holders(target);
+    assert!(!holders.is_empty(), "the dead target is owed hints");
     let b = cluster.peer(target).id.clone();
     for &h in &holders {
         let a = cluster.peer(h).id.clone();
@@ -583,6 +562,9 @@ async fn a_failed_handoff_pass_to_a_live_target_is_retried_soon() {
     until_seen(&cluster, target, true).await;
     eventually(Duration::from_secs(60), || errors(&cluster) > failed_before).await;
     cluster.net.heal();
-    eventually(Duration::from_secs(60), || held(&cluster) == 0).await;
+    eventually(Duration::from_secs(60), || {
+        cluster.hint_holders(target).is_empty()
+    })
+    .await;
     assert!(matches!(cluster.local_view(target, key), Some(View::Set(s)) if s.len() == 1));
 }

@@ -124,6 +124,15 @@ impl Cluster {
             .sum()
     }
 
+    /// The running nodes that hold hints for node `target`.
+    pub fn hint_holders(&self, target: usize) -> Vec<usize> {
+        let id = self.peer(target).id.as_str();
+        self.up()
+            .into_iter()
+            .filter(|&i| self.node(i).hint_backlog().contains_key(id))
+            .collect()
+    }
+
     /// Primaries of `key` (indexes) and its partition.
     pub fn primaries(&self, key: &[u8]) -> (u32, Vec<usize>) {
         let node = self.node(self.up()[0]);
